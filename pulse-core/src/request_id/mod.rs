@@ -1,0 +1,157 @@
+//! Correlation ids: one id follows a request through every service, into every log
+//! line, and back to the client.
+//!
+//! An inbound `X-Request-ID` (or `X-Correlation-ID`) is accepted when it is at most
+//! [`MAX_LEN`] characters of `[A-Za-z0-9._:-]`; otherwise, or when absent, a fresh
+//! UUIDv7 (unique and time-sortable) is generated.
+
+use std::{fmt, sync::Arc};
+
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue};
+
+/// `x-request-id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-correlation-id`.
+pub const X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+/// The longest accepted inbound id.
+pub const MAX_LEN: usize = 128;
+
+/// A validated correlation id. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    /// A fresh id: a UUIDv7, unique and sortable by creation time.
+    pub fn generate() -> Self {
+        Self(Arc::from(uuid::Uuid::now_v7().to_string()))
+    }
+
+    /// Parse an id, accepting it only when it is 1..=[`MAX_LEN`] characters of
+    /// `[A-Za-z0-9._:-]`.
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::is_valid(value.as_bytes()).then(|| Self(Arc::from(value)))
+    }
+
+    /// Parse an id from a header value (see [`RequestId::parse`]).
+    pub fn from_header_value(value: &HeaderValue) -> Option<Self> {
+        let bytes = value.as_bytes();
+        if Self::is_valid(bytes) {
+            // Valid ids are ASCII, so this conversion cannot fail.
+            std::str::from_utf8(bytes).ok().map(|s| Self(Arc::from(s)))
+        } else {
+            None
+        }
+    }
+
+    /// Whether `bytes` is an acceptable correlation id.
+    pub fn is_valid(bytes: &[u8]) -> bool {
+        !bytes.is_empty()
+            && bytes.len() <= MAX_LEN
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    }
+
+    /// The first valid id among `X-Request-ID` then `X-Correlation-ID` headers.
+    /// A request with several values of one header is treated as having none of it.
+    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        [X_REQUEST_ID, X_CORRELATION_ID].iter().find_map(|name| {
+            let mut values = headers.get_all(name).iter();
+            match (values.next(), values.next()) {
+                (Some(v), None) => Self::from_header_value(v),
+                _ => None,
+            }
+        })
+    }
+
+    /// The id of a request: the [`RequestId`] extension if a request-id layer put one
+    /// there, else a valid id from its headers.
+    pub fn from_parts(extensions: &Extensions, headers: &HeaderMap) -> Option<Self> {
+        extensions
+            .get::<Self>()
+            .cloned()
+            .or_else(|| Self::from_headers(headers))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id as a header value.
+    pub fn to_header_value(&self) -> HeaderValue {
+        // Valid ids are visible ASCII, which is always a valid header value.
+        HeaderValue::from_str(&self.0).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    }
+
+    /// Set this id on an outbound request's headers, under both `X-Request-ID` and
+    /// `X-Correlation-ID`, replacing any value already there.
+    pub fn set_on(&self, headers: &mut HeaderMap) {
+        let value = self.to_header_value();
+        headers.insert(X_CORRELATION_ID, value.clone());
+        headers.insert(X_REQUEST_ID, value);
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl AsRef<str> for RequestId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        assert!(RequestId::parse("abc-123_x.y:z").is_some());
+        assert!(RequestId::parse("").is_none());
+        assert!(RequestId::parse("has space").is_none());
+        assert!(RequestId::parse("ünï").is_none());
+        assert!(RequestId::parse(&"a".repeat(128)).is_some());
+        assert!(RequestId::parse(&"a".repeat(129)).is_none());
+    }
+
+    #[test]
+    fn generated_ids_are_valid_unique_and_sortable() {
+        let a = RequestId::generate();
+        let b = RequestId::generate();
+        assert!(RequestId::is_valid(a.as_str().as_bytes()));
+        assert_ne!(a, b);
+        assert!(a.as_str() < b.as_str());
+    }
+
+    #[test]
+    fn set_on_writes_both_headers() {
+        let mut headers = HeaderMap::new();
+        headers.append(X_REQUEST_ID, HeaderValue::from_static("old"));
+        headers.append(X_REQUEST_ID, HeaderValue::from_static("older"));
+        RequestId::parse("new").unwrap().set_on(&mut headers);
+        assert_eq!(headers.get_all(X_REQUEST_ID).iter().count(), 1);
+        assert_eq!(headers[X_REQUEST_ID], "new");
+        assert_eq!(headers[X_CORRELATION_ID], "new");
+    }
+
+    #[test]
+    fn duplicate_headers_are_not_trusted() {
+        let mut headers = HeaderMap::new();
+        headers.append(X_REQUEST_ID, HeaderValue::from_static("a"));
+        headers.append(X_REQUEST_ID, HeaderValue::from_static("b"));
+        assert_eq!(RequestId::from_headers(&headers), None);
+        headers.insert(X_CORRELATION_ID, HeaderValue::from_static("c"));
+        assert_eq!(RequestId::from_headers(&headers).unwrap().as_str(), "c");
+    }
+}
