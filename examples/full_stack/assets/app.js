@@ -555,7 +555,7 @@ async function startJob(name, force, btn) {
     toast({
       kind: "success",
       title: force ? `${name} restarted` : `${name} started`,
-      text: (data && data.message) || "Run queued.",
+      text: force ? "Any active run was cancelled; the new run is queued — progress shows live on the job card." : "The run is queued — progress shows live on the job card.",
       runId,
       requestId,
     });
@@ -715,7 +715,7 @@ async function refreshHealth() {
     setText(overall, "unreachable");
     overall.className = "health-overall health-bad";
     const d = describeError(err, {});
-    body.replaceChildren(
+    v.fill(body,
       h("p", { class: "small" }, d.text),
       err instanceof ApiError && err.requestId ? h("p", { class: "support" }, `request id ${err.requestId}`) : null,
     );
@@ -830,7 +830,7 @@ function updateRunItem(item, run) {
     run.attempts ? h("span", {}, `Attempt ${run.attempts}`) : null,
     run.requested_by ? h("span", { title: "Requested by (verified user id)" }, `by ${run.requested_by}`) : h("span", {}, "scheduled"),
   ];
-  refs.summary.replaceChildren(
+  v.fill(refs.summary,
     h("div", { class: "run-head" },
       v.stateBadge(run.state),
       h("code", { class: "run-id selectable", title: run.id }, run.id)),
@@ -971,9 +971,9 @@ function trapFocus(event) {
 function boot() {
   $("login-form").addEventListener("submit", onLogin);
   $("logout").addEventListener("click", logout);
-  $("refresh-btn").addEventListener("click", async () => {
-    const ok = await loadJobs();
-    if (ok) refreshHealth();
+  $("refresh-btn").addEventListener("click", () => {
+    loadJobs();
+    refreshHealth();
   });
   $("reconnect-now").addEventListener("click", () => state.live && state.live.reconnectNow());
   $("drawer-close").addEventListener("click", () => closeDrawer());

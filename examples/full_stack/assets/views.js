@@ -20,6 +20,13 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+/** Replace an element's children, skipping null/false ones. */
+export function fill(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+  return el;
+}
+
 function append(el, children) {
   for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
