@@ -383,30 +383,39 @@ function applyJobs(list) {
   renderJobs();
 }
 
-/** Apply GET /jobs/status: {jobs: {name: {state, run_id, progress, started_at, finished_at}}}. */
+/**
+ * Apply GET /jobs/status: `{jobs: {name: {state, run_id, progress, started_at, finished_at}}}`
+ * (also accepted: `jobs` as a list of `{name, state, last_run_id, last_finished_at, progress}`).
+ */
 function applyStatus(data) {
-  const jobs = (data && data.jobs) || {};
+  const raw = (data && data.jobs) || {};
+  const entries = Array.isArray(raw)
+    ? raw.filter((s) => s && typeof s.name === "string").map((s) => [s.name, s])
+    : Object.entries(raw);
   let unknown = false;
-  for (const [name, s] of Object.entries(jobs)) {
+  for (const [name, s] of entries) {
     const job = state.jobs.get(name);
     if (!job || !s) { unknown = true; continue; }
     const cur = job.latest_run;
-    if (s.run_id && cur && cur.id === s.run_id) {
+    const runId = s.run_id ?? s.last_run_id ?? null;
+    if (runId && cur && cur.id === runId) {
       job.latest_run = mergeRun(cur, {
         ...cur,
-        state: s.state,
+        state: s.state || cur.state,
         progress: s.progress ?? cur.progress,
         started_at: s.started_at ?? cur.started_at,
-        finished_at: s.finished_at ?? cur.finished_at,
+        finished_at: s.finished_at ?? s.last_finished_at ?? cur.finished_at,
+        error: s.error !== undefined ? s.error : cur.error,
       });
       job.state = job.latest_run.state;
-    } else if (s.run_id) {
+    } else if (runId) {
       unknown = true; // a run we have not seen: the full list will bring it
     } else if (!cur) {
       job.state = s.state || "idle";
     }
     updateCard(job);
   }
+  if (unknown) scheduleReload();
   state.lastUpdate = Date.now();
   updateStats();
   return unknown;
@@ -617,10 +626,46 @@ function onLiveMessage(msg) {
     if (msg.kind === "log" && msg.log) drawerAppendLog(msg.run.id, msg.log);
   } else if (msg.kind === "log" && msg.log && msg.run_id) {
     drawerAppendLog(msg.run_id, msg.log);
+  } else if (typeof msg.type === "string" && msg.run_id && msg.job_name) {
+    applyFlatEvent(msg);
   } else {
     // an event we do not know (e.g. "lagged"): resynchronise from the API
     scheduleReload();
   }
+}
+
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+/**
+ * Also understood: a store event forwarded flat, tagged by `type`
+ * (`{run_id, job_name, at, type: "state"|"progress"|"log", …}`) — patched onto the
+ * run we already hold; an unknown run makes us reload the list.
+ */
+function applyFlatEvent(ev) {
+  if (ev.type === "log") {
+    drawerAppendLog(ev.run_id, { at: ev.at, level: ev.level, message: ev.message });
+    return;
+  }
+  const job = state.jobs.get(ev.job_name);
+  const item = state.drawer.items.get(ev.run_id);
+  const base = job && job.latest_run && job.latest_run.id === ev.run_id ? job.latest_run : item ? item.run : null;
+  if (!base) {
+    scheduleReload();
+    return;
+  }
+  const patch = { ...base };
+  if (ev.type === "state" && typeof ev.state === "string") {
+    patch.state = ev.state;
+    if (typeof ev.attempt === "number") patch.attempts = ev.attempt;
+    if (ev.error !== undefined) patch.error = ev.error;
+    if (ev.state === "running" && !patch.started_at) patch.started_at = ev.at || null;
+    if (TERMINAL.has(ev.state) && !patch.finished_at) patch.finished_at = ev.at || new Date().toISOString();
+  } else if (ev.type === "progress" && ev.progress) {
+    patch.progress = ev.progress;
+  } else {
+    return;
+  }
+  applyRun(patch);
 }
 
 function onLiveStatus(status, info) {

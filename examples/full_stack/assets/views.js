@@ -251,8 +251,10 @@ export function healthList(services) {
     const status = info && typeof info === "object" ? info.status : info;
     const details = [];
     if (info && typeof info === "object") {
+      if (info.reason != null) details.push(String(info.reason));
+      if (typeof info.latency_ms === "number") details.push(`${info.latency_ms} ms`);
       for (const [k, v] of Object.entries(info)) {
-        if (k === "status" || v === null || v === undefined || typeof v === "object") continue;
+        if (["status", "reason", "latency_ms"].includes(k) || v === null || v === undefined || typeof v === "object") continue;
         details.push(`${k.replace(/_/g, " ")}: ${v}`);
       }
     }
