@@ -1,1 +1,102 @@
-//! pulse-etl
+//! # pulse-etl
+//!
+//! A job engine that never loses a run. Register jobs, start runs, and let a pool of
+//! workers execute them with leases, heartbeats, fenced attempts, retries with
+//! backoff, timeouts, cooperative cancels and schedules — over an embedded SQLite
+//! file or, for many workers on many machines, one PostgreSQL database.
+//!
+//! - A **job** is registered code ([`Job`]) with a name, a parameters type, a timeout,
+//!   a [`RetryPolicy`] and an optional [`Schedule`].
+//! - A **run** ([`Run`]) is one execution request with its own id, state, progress and
+//!   attempts. States: `pending → running → succeeded | failed | cancelled`, with
+//!   `retrying` between attempts and `cancelling` while a cancel is under way.
+//! - A **store** ([`JobStore`]: [`SqliteStore`], `PgStore`) holds every invariant
+//!   that must survive a crash: one active run per job (a partial unique index),
+//!   state changes written with their event rows in one transaction, every attempt's
+//!   writes fenced by its attempt number.
+//! - The **engine** ([`JobEngine`]) claims runs, heartbeats their leases, sweeps
+//!   expired leases (a dead worker's run is retried by another), fires schedules once
+//!   across instances and hands running attempts back on shutdown.
+//!
+//! ## Example
+//!
+//! ```
+//! use pulse_etl::{EngineConfig, Job, JobContext, JobEngine, JobError, JobOutput,
+//!     JobRegistry, RunState, SqliteStore, StartRequest};
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! struct CountParams {
+//!     to: u64,
+//! }
+//!
+//! struct Count;
+//!
+//! impl Job for Count {
+//!     type Params = CountParams;
+//!
+//!     fn name(&self) -> &str {
+//!         "count"
+//!     }
+//!
+//!     async fn run(&self, ctx: JobContext) -> Result<JobOutput, JobError> {
+//!         let params: CountParams = ctx.params()?;
+//!         for i in 1..=params.to {
+//!             ctx.check_cancelled()?;
+//!             ctx.progress(i, Some(params.to), format!("counted {i}")).await?;
+//!         }
+//!         Ok(JobOutput::new(serde_json::json!({ "counted": params.to })))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = SqliteStore::open_in_memory().await?; // or SqliteStore::open("jobs.db")
+//! let registry = JobRegistry::new().with_job(Count);
+//! let engine = JobEngine::launch(store.into_dyn(), registry, EngineConfig::default()).await?;
+//!
+//! let start = StartRequest::new("count")
+//!     .with_params(serde_json::json!({ "to": 3 }))
+//!     .with_requested_by("user-1");
+//! let started = engine.start(start).await?;
+//! assert!(started.created);
+//!
+//! let run = engine.wait_for_terminal(started.run.id).await?;
+//! assert_eq!(run.state, RunState::Succeeded);
+//! assert_eq!(run.progress.done, 3);
+//! assert_eq!(run.result, Some(serde_json::json!({ "counted": 3 })));
+//!
+//! // Unknown jobs are refused with the allowed names (HTTP 422).
+//! let err = engine.start(StartRequest::new("nope")).await.unwrap_err();
+//! assert_eq!(err.status(), 422);
+//! engine.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Features
+//!
+//! | feature | default | what it adds |
+//! |---------|---------|--------------|
+//! | (none)  | yes     | the engine, [`SqliteStore`] and `PgStore` |
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod engine;
+pub mod job;
+pub mod model;
+pub mod store;
+
+pub use engine::{
+    Clock, EngineConfig, EngineError, JobEngine, ManualClock, RetryPolicy, Schedule, ScheduleError,
+    StartOutcome, StartRequest, SystemClock,
+};
+pub use job::{Job, JobContext, JobError, JobInfo, JobOutput, JobRegistry, NoParams};
+pub use model::{
+    Attempt, EngineHealth, InstanceId, JobStatus, JobSummary, LogLevel, LogLine, Progress, Run,
+    RunEvent, RunEventKind, RunId, RunState, StateCounts, StatusSummary,
+};
+pub use store::{
+    AttemptFence, AttemptOutcome, CancelOutcome, Claim, CreateOutcome, JobStore, LeaseStatus,
+    NewRun, PgStore, PgStoreOptions, SqliteStore, StoreError, StorePool, SweepReport,
+};

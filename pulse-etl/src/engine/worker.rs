@@ -1,0 +1,449 @@
+//! The engine's background tasks: claiming, executing attempts, sweeping expired
+//! leases, firing schedules and pumping stored events to subscribers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Inner;
+use crate::job::{ErasedJob, JobContext, JobError, JobOutput};
+use crate::model::RunId;
+use crate::store::{AttemptFence, AttemptOutcome, Claim, LeaseStatus, NewRun, StoreError};
+
+/// An attempt executing on this instance.
+pub(crate) struct LocalAttempt {
+    cancel_requested: Arc<Notify>,
+}
+
+/// Spawns the claim loop, the sweeper, the schedules and the event pump.
+pub(super) fn spawn_background(inner: &Arc<Inner>, last_seq: i64) {
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(pump_events(Arc::clone(inner), last_seq)));
+    tasks.push(tokio::spawn(sweep_leases(Arc::clone(inner))));
+    if inner.config.concurrency > 0 {
+        tasks.push(tokio::spawn(claim_loop(Arc::clone(inner))));
+    }
+    if inner.config.schedules {
+        for info in inner.registry.infos() {
+            if let Some(schedule) = info.schedule {
+                tasks.push(tokio::spawn(fire_schedule(
+                    Arc::clone(inner),
+                    info.name,
+                    schedule,
+                    info.retry_policy.max_attempts,
+                )));
+            }
+        }
+    }
+    if let Ok(mut slot) = inner.tasks.lock() {
+        slot.extend(tasks);
+    }
+}
+
+/// Tells the local attempt of `run_id`, if any, that a cancel was requested.
+pub(super) fn signal_cancel(inner: &Inner, run_id: RunId) {
+    if let Ok(running) = inner.running.lock()
+        && let Some(attempt) = running.get(&run_id)
+    {
+        attempt.cancel_requested.notify_one();
+    }
+}
+
+pub(super) async fn shutdown(inner: &Arc<Inner>) {
+    if inner.shutting_down.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    inner.stop.cancel();
+    // Wait for running attempts to finish, for at most the shutdown grace.
+    let all = u32::try_from(inner.config.concurrency).unwrap_or(u32::MAX);
+    let finished = tokio::time::timeout(
+        inner.config.shutdown_grace,
+        Arc::clone(&inner.permits).acquire_many_owned(all),
+    )
+    .await;
+    if finished.is_err() {
+        inner.hand_back.cancel();
+        // Hand-back is prompt: each attempt aborts its job and writes one row.
+        let _ = Arc::clone(&inner.permits).acquire_many_owned(all).await;
+    }
+    let tasks = inner
+        .tasks
+        .lock()
+        .map(|mut tasks| std::mem::take(&mut *tasks))
+        .unwrap_or_default();
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// Waits for a change notification, the poll interval or the stop signal; `false` on stop.
+async fn idle(
+    inner: &Inner,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    wait: Duration,
+) -> bool {
+    tokio::select! {
+        () = inner.stop.cancelled() => false,
+        _ = changes.changed() => true,
+        () = tokio::time::sleep(wait) => true,
+    }
+}
+
+async fn claim_loop(inner: Arc<Inner>) {
+    let mut changes = inner.store.changes();
+    let names = inner.registry.names();
+    loop {
+        let permit = tokio::select! {
+            () = inner.stop.cancelled() => return,
+            permit = Arc::clone(&inner.permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        if inner.stop.is_cancelled() {
+            return;
+        }
+        let now = inner.config.clock.now();
+        match inner
+            .store
+            .claim(inner.instance_id, &names, now, inner.config.lease)
+            .await
+        {
+            Ok(Some(claim)) => {
+                let run_id = claim.run.id;
+                let Some(job) = inner.registry.get(&claim.run.job_name).cloned() else {
+                    // Claims are filtered by registered names, so this cannot happen.
+                    tracing::error!(%run_id, "claimed a run of an unregistered job");
+                    continue;
+                };
+                tracing::debug!(%run_id, attempt = claim.fence.attempt, "claimed");
+                let cancel_requested = Arc::new(Notify::new());
+                if let Ok(mut running) = inner.running.lock() {
+                    running.insert(
+                        run_id,
+                        LocalAttempt {
+                            cancel_requested: Arc::clone(&cancel_requested),
+                        },
+                    );
+                }
+                tokio::spawn(execute(
+                    Arc::clone(&inner),
+                    job,
+                    claim,
+                    cancel_requested,
+                    permit,
+                ));
+            }
+            Ok(None) => {
+                drop(permit);
+                if !idle(&inner, &mut changes, inner.config.poll_interval).await {
+                    return;
+                }
+            }
+            Err(err) => {
+                drop(permit);
+                tracing::warn!(error = %err, "claim failed");
+                if !idle(&inner, &mut changes, inner.config.poll_interval).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Why the engine stopped a job before it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Cancel,
+    Timeout,
+    HandBack,
+}
+
+enum Ending {
+    Returned(Result<JobOutput, JobError>),
+    Panicked(String),
+    Aborted,
+    LeaseLost,
+}
+
+async fn execute(
+    inner: Arc<Inner>,
+    job: Arc<dyn ErasedJob>,
+    claim: Claim,
+    cancel_requested: Arc<Notify>,
+    permit: OwnedSemaphorePermit,
+) {
+    let fence = claim.fence;
+    let timeout = job.timeout();
+    let retry_policy = job.retry_policy();
+    let token = CancellationToken::new();
+    let ctx = JobContext {
+        job_name: Arc::from(claim.run.job_name.as_str()),
+        fence,
+        params: Arc::new(claim.run.params.clone()),
+        cancel: token.clone(),
+        store: Arc::clone(&inner.store),
+        clock: Arc::clone(&inner.config.clock),
+        checkpoint: Arc::new(std::sync::Mutex::new(claim.checkpoint.clone())),
+    };
+    let mut handle = tokio::spawn(job.run_boxed(ctx));
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut heartbeat = tokio::time::interval_at(
+        Instant::now() + inner.config.heartbeat_interval,
+        inner.config.heartbeat_interval,
+    );
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reason: Option<StopReason> = None;
+    let abort_at = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(abort_at);
+    let mut abort_armed = false;
+
+    let ending = loop {
+        tokio::select! {
+            joined = &mut handle => break match joined {
+                Ok(result) => Ending::Returned(result),
+                Err(err) if err.is_panic() => Ending::Panicked(panic_message(err)),
+                Err(_) => Ending::Aborted,
+            },
+            _ = heartbeat.tick() => {
+                let now = inner.config.clock.now();
+                match inner.store.heartbeat(&fence, now, inner.config.lease).await {
+                    Ok(LeaseStatus::Held) => {}
+                    Ok(LeaseStatus::CancelRequested) => {
+                        abort_armed |= begin_stop(&mut reason, StopReason::Cancel, &token, abort_at.as_mut(), inner.config.cancel_grace);
+                    }
+                    Ok(LeaseStatus::Lost) => {
+                        token.cancel();
+                        handle.abort();
+                        break Ending::LeaseLost;
+                    }
+                    Err(err) => tracing::warn!(run_id = %fence.run_id, error = %err, "heartbeat failed"),
+                }
+            }
+            () = cancel_requested.notified(), if reason.is_none() => {
+                abort_armed |= begin_stop(&mut reason, StopReason::Cancel, &token, abort_at.as_mut(), inner.config.cancel_grace);
+            }
+            () = &mut deadline, if reason.is_none() => {
+                abort_armed |= begin_stop(&mut reason, StopReason::Timeout, &token, abort_at.as_mut(), inner.config.cancel_grace);
+            }
+            () = inner.hand_back.cancelled(), if reason.is_none() || reason == Some(StopReason::Cancel) => {
+                // Hand back at once: the shutdown grace has already passed.
+                reason = Some(StopReason::HandBack);
+                token.cancel();
+                handle.abort();
+                break Ending::Aborted;
+            }
+            () = &mut abort_at, if abort_armed => {
+                handle.abort();
+                break Ending::Aborted;
+            }
+        }
+    };
+
+    let outcome = decide(&inner, &fence, reason, ending, timeout, &retry_policy);
+    if let Some(outcome) = outcome {
+        finish(&inner, &fence, outcome).await;
+    }
+    if let Ok(mut running) = inner.running.lock() {
+        running.remove(&fence.run_id);
+    }
+    drop(permit);
+}
+
+/// Cancels the job's token and arms the forced abort, unless a stop is under way.
+fn begin_stop(
+    reason: &mut Option<StopReason>,
+    why: StopReason,
+    token: &CancellationToken,
+    abort_at: std::pin::Pin<&mut tokio::time::Sleep>,
+    grace: Duration,
+) -> bool {
+    if reason.is_some() {
+        return false;
+    }
+    *reason = Some(why);
+    token.cancel();
+    abort_at.reset(Instant::now() + grace);
+    true
+}
+
+fn decide(
+    inner: &Inner,
+    fence: &AttemptFence,
+    reason: Option<StopReason>,
+    ending: Ending,
+    timeout: Duration,
+    policy: &super::RetryPolicy,
+) -> Option<AttemptOutcome> {
+    let now = inner.config.clock.now();
+    let retry = |error: String, at_least: Option<Duration>| {
+        let wait = policy
+            .backoff_jittered(fence.attempt)
+            .max(at_least.unwrap_or_default());
+        AttemptOutcome::Failed {
+            error,
+            retry_at: Some(now + wait),
+        }
+    };
+    let timed_out = || retry(format!("timed out after {}s", timeout.as_secs_f64()), None);
+    match (ending, reason) {
+        (Ending::LeaseLost, _) | (Ending::Returned(Err(JobError::LeaseLost)), _) => {
+            tracing::warn!(run_id = %fence.run_id, attempt = fence.attempt, "attempt lost its lease");
+            None
+        }
+        (Ending::Returned(Ok(output)), _) => Some(AttemptOutcome::Succeeded {
+            result: output.result,
+        }),
+        (_, Some(StopReason::HandBack)) => Some(AttemptOutcome::HandedBack),
+        (_, Some(StopReason::Cancel)) | (Ending::Returned(Err(JobError::Cancelled)), None) => {
+            Some(AttemptOutcome::Cancelled)
+        }
+        (_, Some(StopReason::Timeout)) => Some(timed_out()),
+        (
+            Ending::Returned(Err(JobError::Retryable {
+                message,
+                retry_after,
+            })),
+            None,
+        ) => Some(retry(message, retry_after)),
+        (Ending::Returned(Err(err)), None) => Some(AttemptOutcome::Failed {
+            error: err.to_string(),
+            retry_at: None,
+        }),
+        (Ending::Panicked(message), None) => Some(retry(format!("job panicked: {message}"), None)),
+        (Ending::Aborted, None) => Some(retry("job was aborted".to_owned(), None)),
+    }
+}
+
+async fn finish(inner: &Inner, fence: &AttemptFence, outcome: AttemptOutcome) {
+    // A store hiccup must not lose the outcome: retry until the lease would have run
+    // out, after which the sweeper owns the run anyway.
+    let give_up = Instant::now() + inner.config.lease;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        let now = inner.config.clock.now();
+        match inner
+            .store
+            .finish_attempt(fence, outcome.clone(), now)
+            .await
+        {
+            Ok(run) => {
+                tracing::debug!(run_id = %fence.run_id, state = %run.state, "attempt finished");
+                return;
+            }
+            Err(StoreError::Fenced) => {
+                tracing::warn!(run_id = %fence.run_id, attempt = fence.attempt, "late finish rejected by the fence");
+                return;
+            }
+            Err(err) if Instant::now() + wait < give_up => {
+                tracing::warn!(run_id = %fence.run_id, error = %err, "finishing the attempt failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => {
+                tracing::error!(run_id = %fence.run_id, error = %err, "could not finish the attempt; the sweeper will reclaim it");
+                return;
+            }
+        }
+    }
+}
+
+fn panic_message(err: tokio::task::JoinError) -> String {
+    let payload = err.into_panic();
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+async fn sweep_leases(inner: Arc<Inner>) {
+    loop {
+        tokio::select! {
+            () = inner.stop.cancelled() => return,
+            () = tokio::time::sleep(inner.config.sweep_interval) => {}
+        }
+        match inner.store.sweep_expired(inner.config.clock.now()).await {
+            Ok(report) if !report.is_empty() => tracing::info!(?report, "reclaimed expired leases"),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "lease sweep failed"),
+        }
+    }
+}
+
+async fn fire_schedule(
+    inner: Arc<Inner>,
+    job_name: String,
+    schedule: super::Schedule,
+    max_attempts: u32,
+) {
+    loop {
+        let now = inner.config.clock.now();
+        let Some(slot) = schedule.next_after(now) else {
+            return;
+        };
+        let wait = duration_until(now, slot);
+        tokio::select! {
+            () = inner.stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let new = NewRun {
+            id: RunId::new(),
+            job_name: job_name.clone(),
+            params: serde_json::Value::Object(serde_json::Map::new()),
+            requested_by: None,
+            idempotency_key: None,
+            max_attempts: max_attempts.max(1),
+            force: false,
+            created_at: inner.config.clock.now(),
+        };
+        match inner.store.fire_schedule(slot, new).await {
+            Ok(Some(run)) => {
+                tracing::info!(job = %job_name, run_id = %run.id, %slot, "schedule fired")
+            }
+            Ok(None) => tracing::debug!(job = %job_name, %slot, "schedule slot taken or job busy"),
+            Err(err) => tracing::warn!(job = %job_name, error = %err, "firing a schedule failed"),
+        }
+    }
+}
+
+fn duration_until(now: OffsetDateTime, then: OffsetDateTime) -> Duration {
+    Duration::try_from(then - now).unwrap_or_default()
+}
+
+async fn pump_events(inner: Arc<Inner>, mut last_seq: i64) {
+    const BATCH: u32 = 500;
+    let mut changes = inner.store.changes();
+    loop {
+        loop {
+            match inner.store.events_since(last_seq, BATCH).await {
+                Ok(events) => {
+                    let full = events.len() >= BATCH as usize;
+                    for event in events {
+                        last_seq = last_seq.max(event.seq);
+                        // No subscriber is fine.
+                        let _ = inner.events.send(event);
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "reading events failed");
+                    break;
+                }
+            }
+        }
+        if !idle(&inner, &mut changes, inner.config.poll_interval).await {
+            return;
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Job stores: one [`JobStore`] trait, implemented by [`SqliteStore`] (embedded, the
+//! default) and [`PgStore`] (many workers on one PostgreSQL database).
+//!
+//! A store owns every invariant that must survive a crash, so the engine holds none:
+//! - one active run per job, by a partial unique index;
+//! - a state change and its event row written in one transaction;
+//! - every write of an attempt fenced by its attempt number (and instance id), so a
+//!   stalled worker cannot overwrite a run that another worker has taken over;
+//! - idempotency keys unique; schedule slots unique.
+//!
+//! Time always comes from the caller (the engine's [`Clock`](crate::engine::Clock)), never
+//! from the database, so tests can drive leases with a manual clock.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::model::{
+    Attempt, InstanceId, LogLevel, LogLine, Progress, Run, RunEvent, RunId, StateCounts,
+};
+
+mod common;
+mod postgres;
+mod sqlite;
+
+pub use postgres::{PgStore, PgStoreOptions};
+pub use sqlite::SqliteStore;
+
+/// An error of a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database failed or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying the embedded migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The attempt no longer holds the run: another attempt took it over, or it ended.
+    #[error("the attempt no longer holds the run's lease")]
+    Fenced,
+    /// A stored row could not be read back (a bug or a foreign write).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The store's configuration is invalid (bad URL, bad schema name).
+    #[error("invalid store configuration: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// `true` when the error means the database is unreachable or overloaded (503),
+    /// rather than a bug (500).
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(err) => matches!(
+                err,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Database(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// A connection pool of the store's database, for jobs that load data next to the runs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum StorePool {
+    /// A SQLite pool.
+    Sqlite(sqlx::SqlitePool),
+    /// A PostgreSQL pool (its connections' `search_path` is the store's schema).
+    Postgres(sqlx::PgPool),
+}
+
+/// Identifies one attempt of one run, for fenced writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttemptFence {
+    /// The run.
+    pub run_id: RunId,
+    /// The attempt number.
+    pub attempt: u32,
+    /// The instance executing it.
+    pub instance_id: InstanceId,
+}
+
+/// A run to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    /// Its id.
+    pub id: RunId,
+    /// Its job.
+    pub job_name: String,
+    /// Its parameters (a JSON object).
+    pub params: Value,
+    /// Who requested it.
+    pub requested_by: Option<String>,
+    /// A retried start with the same key returns this run instead of a new one.
+    pub idempotency_key: Option<String>,
+    /// The most attempts it may take.
+    pub max_attempts: u32,
+    /// Cancel the job's active run (if any) and create this one anyway.
+    pub force: bool,
+    /// Its creation time.
+    pub created_at: OffsetDateTime,
+}
+
+/// What [`JobStore::create_run`] did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CreateOutcome {
+    /// The run was created (committed). `replaced` is the active run that `force` cancelled.
+    Created {
+        /// The new run.
+        run: Run,
+        /// The run that was cancelled to make room, if any.
+        replaced: Option<RunId>,
+    },
+    /// A run with the same idempotency key exists: the first answer.
+    Existing(Run),
+    /// The job has an active run and `force` was not set.
+    AlreadyActive(RunId),
+}
+
+/// A run claimed for one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    /// The run, now `running`.
+    pub run: Run,
+    /// The attempt's fence.
+    pub fence: AttemptFence,
+    /// The checkpoint cursor saved by an earlier attempt.
+    pub checkpoint: Option<Value>,
+    /// When the new lease runs out.
+    pub lease_expires_at: OffsetDateTime,
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseStatus {
+    /// The lease was renewed.
+    Held,
+    /// The lease was renewed, and a cancel was requested: stop the job.
+    CancelRequested,
+    /// The attempt no longer holds the run: stop at once, write nothing.
+    Lost,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum AttemptOutcome {
+    /// The job succeeded.
+    Succeeded {
+        /// Its result.
+        result: Option<Value>,
+    },
+    /// The job failed; `retry_at` is when the next attempt may start (`None`: fatal).
+    /// The store retries only while attempts remain.
+    Failed {
+        /// The error.
+        error: String,
+        /// When to retry, if the error is retryable.
+        retry_at: Option<OffsetDateTime>,
+    },
+    /// The job stopped because of a cancel.
+    Cancelled,
+    /// The engine is shutting down and hands the run back for another worker, without
+    /// counting the attempt against the retry budget.
+    HandedBack,
+}
+
+/// What [`JobStore::request_cancel`] did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CancelOutcome {
+    /// The run was not executing and is now `cancelled`.
+    Cancelled(Run),
+    /// The run is executing and is now `cancelling`; its worker stops it.
+    Cancelling(Run),
+    /// The run had already finished; nothing changed.
+    AlreadyFinished(Run),
+    /// No such run.
+    NotFound,
+}
+
+/// What one sweep of expired leases did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Runs put back to `retrying` for another attempt.
+    pub retried: Vec<RunId>,
+    /// Runs failed because they were out of attempts.
+    pub failed: Vec<RunId>,
+    /// Runs whose cancel completed because their worker died.
+    pub cancelled: Vec<RunId>,
+}
+
+impl SweepReport {
+    /// `true` when the sweep changed nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.retried.is_empty() && self.failed.is_empty() && self.cancelled.is_empty()
+    }
+}
+
+/// Where runs, attempts, events and schedule slots live.
+///
+/// Both implementations pass one shared test suite. All times are passed in by the
+/// caller.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str;
+
+    /// The connection pool, for jobs' own tables.
+    fn pool(&self) -> StorePool;
+
+    /// A counter bumped after every write this store commits and, for PostgreSQL, on
+    /// every notification from other instances: wakes workers and the event pump.
+    fn changes(&self) -> watch::Receiver<u64>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates a run, honouring idempotency keys, the one-active-run rule and `force`,
+    /// in one transaction with its `pending` event.
+    async fn create_run(&self, new: NewRun) -> Result<CreateOutcome, StoreError>;
+
+    /// Claims the oldest due `pending`/`retrying` run of one of `jobs` whose job has no
+    /// other run executing, starting attempt `attempts + 1` with a lease until
+    /// `now + lease`.
+    async fn claim(
+        &self,
+        instance: InstanceId,
+        jobs: &[String],
+        now: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<Option<Claim>, StoreError>;
+
+    /// Renews the attempt's lease until `now + lease`.
+    async fn heartbeat(
+        &self,
+        fence: &AttemptFence,
+        now: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<LeaseStatus, StoreError>;
+
+    /// Fails with [`StoreError::Fenced`] unless the attempt still holds the run.
+    async fn check_fence(&self, fence: &AttemptFence) -> Result<(), StoreError>;
+
+    /// Stores progress (fenced) with its event.
+    async fn record_progress(
+        &self,
+        fence: &AttemptFence,
+        progress: &Progress,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// Appends a log line (fenced) as an event.
+    async fn append_log(
+        &self,
+        fence: &AttemptFence,
+        level: LogLevel,
+        message: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// Saves the checkpoint cursor (fenced) on the run and the attempt.
+    async fn save_checkpoint(
+        &self,
+        fence: &AttemptFence,
+        cursor: &Value,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// Ends the attempt (fenced) and moves the run to its next state, with its event.
+    async fn finish_attempt(
+        &self,
+        fence: &AttemptFence,
+        outcome: AttemptOutcome,
+        now: OffsetDateTime,
+    ) -> Result<Run, StoreError>;
+
+    /// Cancels a run: at once when it is not executing, else by moving it to `cancelling`.
+    async fn request_cancel(
+        &self,
+        id: RunId,
+        now: OffsetDateTime,
+    ) -> Result<CancelOutcome, StoreError>;
+
+    /// Reclaims every run whose lease expired before `now`: `retrying` while attempts
+    /// remain, else `failed`; `cancelling` ones become `cancelled`.
+    async fn sweep_expired(&self, now: OffsetDateTime) -> Result<SweepReport, StoreError>;
+
+    /// Fires one schedule slot: records `(job, slot)` and creates `new` in the same
+    /// transaction. Returns `None` when the slot was already fired (by any instance) or
+    /// the job has an active run (the slot is then consumed too).
+    async fn fire_schedule(
+        &self,
+        slot: OffsetDateTime,
+        new: NewRun,
+    ) -> Result<Option<Run>, StoreError>;
+
+    /// One run.
+    async fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError>;
+
+    /// The newest runs first, of one job or of all.
+    async fn list_runs(&self, job_name: Option<&str>, limit: u32) -> Result<Vec<Run>, StoreError>;
+
+    /// The latest run of every job that ever ran.
+    async fn latest_runs(&self) -> Result<Vec<Run>, StoreError>;
+
+    /// The runs of one job that are pending, running, retrying or cancelling.
+    async fn active_runs(&self, job_name: Option<&str>) -> Result<Vec<Run>, StoreError>;
+
+    /// How many runs are in each state.
+    async fn count_states(&self) -> Result<StateCounts, StoreError>;
+
+    /// A run's attempts, in order.
+    async fn attempts(&self, id: RunId) -> Result<Vec<Attempt>, StoreError>;
+
+    /// A run's log, oldest first.
+    async fn logs(&self, id: RunId) -> Result<Vec<LogLine>, StoreError>;
+
+    /// Events after `after_seq`, oldest first, at most `limit`.
+    async fn events_since(&self, after_seq: i64, limit: u32) -> Result<Vec<RunEvent>, StoreError>;
+
+    /// The newest event's sequence number (0 when there is none).
+    async fn latest_event_seq(&self) -> Result<i64, StoreError>;
+}

@@ -1,0 +1,1000 @@
+//! The scale-out store: one PostgreSQL database shared by every engine instance.
+//!
+//! Runs are claimed with `FOR UPDATE SKIP LOCKED` in one short transaction (no
+//! transaction is held while a job runs); every state change is written with its event
+//! row and a `NOTIFY` in one transaction, and each store `LISTEN`s, so every instance
+//! wakes its workers and streams every event. Event rows are serialised by a
+//! transaction-scoped advisory lock so that their sequence numbers commit in order and
+//! a reader never skips one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, PgConnection, PgPool, Row};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::common::{
+    ACTIVE_STATES, EXECUTING_STATES, SLOT_STATES, Transition, event_kind_name, finish_transition,
+    from_u64, parse_state, sweep_transition, to_u32, to_u64, truncate_micros,
+};
+use super::sqlite::log_line;
+use super::{
+    AttemptFence, AttemptOutcome, CancelOutcome, Claim, CreateOutcome, JobStore, LeaseStatus,
+    NewRun, StoreError, StorePool, SweepReport,
+};
+use crate::model::{
+    Attempt, InstanceId, LogLevel, LogLine, Progress, Run, RunEvent, RunEventKind, RunId, RunState,
+    StateCounts,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+const RUN_COLUMNS: &str = "id, job_name, state, params, requested_by, created_at, started_at, \
+     finished_at, attempts, max_attempts, progress_done, progress_total, progress_message, \
+     error, result, checkpoint";
+
+/// The fence condition on `etl_runs`: `$1` run id, `$2` attempt, `$3` instance.
+const FENCE: &str =
+    "id = $1 AND attempts = $2 AND lease_owner = $3 AND state IN ('running','cancelling')";
+
+/// How to connect a [`PgStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgStoreOptions {
+    url: String,
+    schema: Option<String>,
+    max_connections: u32,
+}
+
+impl PgStoreOptions {
+    /// Connects to `url` (`postgres://user@host:5432/db`), tables in `public`.
+    #[must_use]
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            schema: None,
+            max_connections: 10,
+        }
+    }
+
+    /// Keeps the tables in `schema` (created if missing): several stores can share one
+    /// database, e.g. one per test. Letters, digits and `_` only.
+    #[must_use]
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// The pool's size.
+    #[must_use]
+    pub fn with_max_connections(mut self, max: u32) -> Self {
+        self.max_connections = max.max(2);
+        self
+    }
+}
+
+/// The PostgreSQL job store.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<PgInner>,
+}
+
+struct PgInner {
+    pool: PgPool,
+    changes: watch::Sender<u64>,
+    channel: String,
+    lock_key: i64,
+    listener: JoinHandle<()>,
+}
+
+impl Drop for PgInner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("channel", &self.inner.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url`, applies the embedded migrations and starts listening for
+    /// other instances' changes.
+    ///
+    /// # Errors
+    /// [`StoreError::Config`] for a bad URL, [`StoreError::Database`] when the server
+    /// cannot be reached, [`StoreError::Migrate`] when a migration fails.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(PgStoreOptions::new(url)).await
+    }
+
+    /// Connects with options.
+    ///
+    /// # Errors
+    /// As [`PgStore::connect`].
+    pub async fn connect_with(options: PgStoreOptions) -> Result<Self, StoreError> {
+        let mut connect: PgConnectOptions = options
+            .url
+            .parse()
+            .map_err(|err: sqlx::Error| StoreError::Config(err.to_string()))?;
+        let schema = options
+            .schema
+            .clone()
+            .unwrap_or_else(|| "public".to_owned());
+        if schema.is_empty()
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(StoreError::Config(format!(
+                "invalid schema name `{schema}`"
+            )));
+        }
+        if options.schema.is_some() {
+            let mut conn = connect.connect().await?;
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .execute(&mut conn)
+                .await?;
+            connect = connect.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(connect)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        let channel = format!("pulse_etl_{schema}");
+        let (changes, _) = watch::channel(0_u64);
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(&channel).await?;
+        let notify = changes.clone();
+        let listener = tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(_) => {}
+                    Err(err) => {
+                        // The listener reconnects on the next recv; notifications sent
+                        // meanwhile are lost, so wake everyone to re-read the store.
+                        tracing::warn!(error = %err, "LISTEN connection failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                notify.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        });
+        Ok(Self {
+            inner: Arc::new(PgInner {
+                pool,
+                changes,
+                lock_key: lock_key(&schema),
+                channel,
+                listener,
+            }),
+        })
+    }
+
+    /// The store as a trait object, as [`JobEngine::launch`](crate::JobEngine::launch) takes it.
+    #[must_use]
+    pub fn into_dyn(self) -> Arc<dyn JobStore> {
+        Arc::new(self)
+    }
+
+    /// The underlying pool.
+    #[must_use]
+    pub fn pg_pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    fn bump(&self) {
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        Ok(self.inner.pool.begin().await?)
+    }
+
+    /// Writes an event row, serialised by the advisory lock, and notifies listeners
+    /// (delivered at commit).
+    async fn insert_event(
+        &self,
+        conn: &mut PgConnection,
+        run_id: RunId,
+        job_name: &str,
+        at: OffsetDateTime,
+        kind: &RunEventKind,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(self.inner.lock_key)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "INSERT INTO etl_events (run_id, job_name, at, kind, payload) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(run_id.as_uuid())
+        .bind(job_name)
+        .bind(at)
+        .bind(event_kind_name(kind))
+        .bind(sqlx::types::Json(kind))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&self.inner.channel)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_run_row(
+        &self,
+        conn: &mut PgConnection,
+        new: &NewRun,
+    ) -> Result<Option<Run>, StoreError> {
+        let at = truncate_micros(new.created_at);
+        let row = sqlx::query(&format!(
+            "INSERT INTO etl_runs (id, job_name, state, params, requested_by, idempotency_key, \
+             created_at, updated_at, max_attempts, next_attempt_at) \
+             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $6, $7, $6) \
+             ON CONFLICT DO NOTHING RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(new.id.as_uuid())
+        .bind(&new.job_name)
+        .bind(&new.params)
+        .bind(&new.requested_by)
+        .bind(&new.idempotency_key)
+        .bind(at)
+        .bind(i32::try_from(new.max_attempts.max(1)).unwrap_or(i32::MAX))
+        .fetch_optional(conn)
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn set_cancel_state(
+        &self,
+        conn: &mut PgConnection,
+        run: &Run,
+        next: RunState,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let finished = (next == RunState::Cancelled).then_some(now);
+        sqlx::query(
+            "UPDATE etl_runs SET state = $1, updated_at = $2, \
+             finished_at = COALESCE($3, finished_at) WHERE id = $4",
+        )
+        .bind(next.as_str())
+        .bind(now)
+        .bind(finished)
+        .bind(run.id.as_uuid())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn apply_cancel(
+        &self,
+        conn: &mut PgConnection,
+        run: &Run,
+        next: RunState,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.set_cancel_state(&mut *conn, run, next, now).await?;
+        self.insert_event(conn, run.id, &run.job_name, now, &cancel_event(run, next))
+            .await
+    }
+
+    async fn apply_transition(
+        &self,
+        conn: &mut PgConnection,
+        run_id: RunId,
+        job_name: &str,
+        attempt: u32,
+        transition: &Transition,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE etl_runs SET state = $1, error = $2, result = COALESCE($3, result), \
+             next_attempt_at = COALESCE($4, next_attempt_at), finished_at = $5, \
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = $6, \
+             max_attempts = max_attempts + $7 WHERE id = $8",
+        )
+        .bind(transition.state.as_str())
+        .bind(&transition.error)
+        .bind(&transition.result)
+        .bind(transition.next_attempt_at)
+        .bind(transition.finished_at)
+        .bind(now)
+        .bind(i32::try_from(transition.extra_attempts).unwrap_or(0))
+        .bind(run_id.as_uuid())
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "UPDATE etl_attempts SET finished_at = $1, outcome = $2, error = $3 \
+             WHERE run_id = $4 AND number = $5 AND finished_at IS NULL",
+        )
+        .bind(now)
+        .bind(transition.attempt_outcome)
+        .bind(&transition.attempt_error)
+        .bind(run_id.as_uuid())
+        .bind(attempt_i32(attempt))
+        .execute(&mut *conn)
+        .await?;
+        self.insert_event(conn, run_id, job_name, now, &transition.event(attempt))
+            .await
+    }
+}
+
+fn pending_event() -> RunEventKind {
+    RunEventKind::State {
+        state: RunState::Pending,
+        attempt: 0,
+        error: None,
+    }
+}
+
+fn cancel_event(run: &Run, next: RunState) -> RunEventKind {
+    RunEventKind::State {
+        state: next,
+        attempt: run.attempts,
+        error: None,
+    }
+}
+
+/// A stable advisory-lock key per schema (FNV-1a).
+fn lock_key(schema: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in format!("pulse_etl_events:{schema}").bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+fn attempt_i32(attempt: u32) -> i32 {
+    i32::try_from(attempt).unwrap_or(i32::MAX)
+}
+
+fn u32_of(value: i32, column: &str) -> Result<u32, StoreError> {
+    to_u32(i64::from(value), column)
+}
+
+fn run_from_row(row: &PgRow) -> Result<Run, StoreError> {
+    let state: String = row.try_get("state")?;
+    let total: Option<i64> = row.try_get("progress_total")?;
+    Ok(Run {
+        id: RunId::from_uuid(row.try_get("id")?),
+        job_name: row.try_get("job_name")?,
+        state: parse_state(&state)?,
+        params: row.try_get("params")?,
+        requested_by: row.try_get("requested_by")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        attempts: u32_of(row.try_get("attempts")?, "attempts")?,
+        progress: Progress {
+            done: to_u64(row.try_get("progress_done")?, "progress_done")?,
+            total: total.map(|t| to_u64(t, "progress_total")).transpose()?,
+            message: row.try_get("progress_message")?,
+        },
+        error: row.try_get("error")?,
+        result: row.try_get("result")?,
+    })
+}
+
+fn event_from_row(row: &PgRow) -> Result<RunEvent, StoreError> {
+    let payload: Value = row.try_get("payload")?;
+    Ok(RunEvent {
+        seq: row.try_get("seq")?,
+        run_id: RunId::from_uuid(row.try_get("run_id")?),
+        job_name: row.try_get("job_name")?,
+        at: row.try_get("at")?,
+        kind: serde_json::from_value(payload)
+            .map_err(|err| StoreError::Corrupt(format!("event payload: {err}")))?,
+    })
+}
+
+async fn fetch_run(
+    conn: &mut PgConnection,
+    id: RunId,
+    lock: bool,
+) -> Result<Option<Run>, StoreError> {
+    let suffix = if lock { " FOR UPDATE" } else { "" };
+    let row = sqlx::query(&format!(
+        "SELECT {RUN_COLUMNS} FROM etl_runs WHERE id = $1{suffix}"
+    ))
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(run_from_row).transpose()
+}
+
+async fn must_fetch_run(conn: &mut PgConnection, id: RunId) -> Result<Run, StoreError> {
+    fetch_run(conn, id, false)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("run {id} vanished")))
+}
+
+async fn by_idempotency_key(conn: &mut PgConnection, key: &str) -> Result<Option<Run>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {RUN_COLUMNS} FROM etl_runs WHERE idempotency_key = $1"
+    ))
+    .bind(key)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(run_from_row).transpose()
+}
+
+async fn active_slot_holder(
+    conn: &mut PgConnection,
+    job_name: &str,
+    lock: bool,
+) -> Result<Option<Run>, StoreError> {
+    let suffix = if lock { " FOR UPDATE" } else { "" };
+    let row = sqlx::query(&format!(
+        "SELECT {RUN_COLUMNS} FROM etl_runs WHERE job_name = $1 AND state IN {SLOT_STATES}{suffix}"
+    ))
+    .bind(job_name)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(run_from_row).transpose()
+}
+
+#[async_trait]
+impl JobStore for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn pool(&self) -> StorePool {
+        StorePool::Postgres(self.inner.pool.clone())
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    async fn create_run(&self, new: NewRun) -> Result<CreateOutcome, StoreError> {
+        // A concurrent start can win the race between our check and our insert; the
+        // unique indexes catch it, and a second pass reports what won.
+        for _ in 0..3 {
+            let mut tx = self.begin().await?;
+            if let Some(key) = &new.idempotency_key
+                && let Some(run) = by_idempotency_key(&mut tx, key).await?
+            {
+                return Ok(CreateOutcome::Existing(run));
+            }
+            let active = active_slot_holder(&mut tx, &new.job_name, new.force).await?;
+            if let (Some(active), false) = (&active, new.force) {
+                return Ok(CreateOutcome::AlreadyActive(active.id));
+            }
+            // Row writes first, event rows (and their advisory lock) last, in every
+            // transaction: whoever holds the event lock waits for nothing else.
+            let mut cancelled = None;
+            if let Some(active) = active {
+                let next = if active.state == RunState::Running {
+                    RunState::Cancelling
+                } else {
+                    RunState::Cancelled
+                };
+                self.set_cancel_state(&mut tx, &active, next, new.created_at)
+                    .await?;
+                cancelled = Some((active, next));
+            }
+            if let Some(run) = self.insert_run_row(&mut tx, &new).await? {
+                if let Some((active, next)) = &cancelled {
+                    self.insert_event(
+                        &mut tx,
+                        active.id,
+                        &active.job_name,
+                        new.created_at,
+                        &cancel_event(active, *next),
+                    )
+                    .await?;
+                }
+                self.insert_event(
+                    &mut tx,
+                    run.id,
+                    &run.job_name,
+                    run.created_at,
+                    &pending_event(),
+                )
+                .await?;
+                tx.commit().await?;
+                self.bump();
+                return Ok(CreateOutcome::Created {
+                    run,
+                    replaced: cancelled.map(|(active, _)| active.id),
+                });
+            }
+            tx.rollback().await?;
+        }
+        Err(StoreError::Database(sqlx::Error::Protocol(
+            "create_run kept conflicting with concurrent starts".to_owned(),
+        )))
+    }
+
+    async fn claim(
+        &self,
+        instance: InstanceId,
+        jobs: &[String],
+        now: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<Option<Claim>, StoreError> {
+        let now = truncate_micros(now);
+        let expires = now + lease;
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!(
+            "WITH next AS (SELECT r.id FROM etl_runs r \
+               WHERE r.state IN ('pending','retrying') AND r.next_attempt_at <= $3 \
+               AND r.job_name = ANY($4) \
+               AND NOT EXISTS (SELECT 1 FROM etl_runs o WHERE o.job_name = r.job_name \
+                 AND o.state IN {EXECUTING_STATES}) \
+               ORDER BY r.next_attempt_at, r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             UPDATE etl_runs SET state = 'running', attempts = attempts + 1, lease_owner = $1, \
+               lease_expires_at = $2, heartbeat_at = $3, started_at = COALESCE(started_at, $3), \
+               updated_at = $3 \
+             FROM next WHERE etl_runs.id = next.id RETURNING {}",
+            RUN_COLUMNS
+                .split(", ")
+                .map(|column| format!("etl_runs.{column}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(instance.as_uuid())
+        .bind(expires)
+        .bind(now)
+        .bind(jobs)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let run = run_from_row(&row)?;
+        let checkpoint: Option<Value> = row.try_get("checkpoint")?;
+        sqlx::query(
+            "INSERT INTO etl_attempts (run_id, number, instance_id, started_at, lease_expires_at, \
+             heartbeat_at) VALUES ($1, $2, $3, $4, $5, $4)",
+        )
+        .bind(run.id.as_uuid())
+        .bind(attempt_i32(run.attempts))
+        .bind(instance.as_uuid())
+        .bind(now)
+        .bind(expires)
+        .execute(&mut *tx)
+        .await?;
+        let kind = RunEventKind::State {
+            state: RunState::Running,
+            attempt: run.attempts,
+            error: None,
+        };
+        self.insert_event(&mut tx, run.id, &run.job_name, now, &kind)
+            .await?;
+        tx.commit().await?;
+        self.bump();
+        Ok(Some(Claim {
+            fence: AttemptFence {
+                run_id: run.id,
+                attempt: run.attempts,
+                instance_id: instance,
+            },
+            checkpoint,
+            lease_expires_at: expires,
+            run,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        fence: &AttemptFence,
+        now: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<LeaseStatus, StoreError> {
+        let expires = now + lease;
+        let mut tx = self.begin().await?;
+        let state: Option<String> = sqlx::query_scalar(&format!(
+            "UPDATE etl_runs SET lease_expires_at = $4, heartbeat_at = $5 WHERE {FENCE} \
+             RETURNING state"
+        ))
+        .bind(fence.run_id.as_uuid())
+        .bind(attempt_i32(fence.attempt))
+        .bind(fence.instance_id.as_uuid())
+        .bind(expires)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(state) = state else {
+            return Ok(LeaseStatus::Lost);
+        };
+        sqlx::query(
+            "UPDATE etl_attempts SET lease_expires_at = $1, heartbeat_at = $2 \
+             WHERE run_id = $3 AND number = $4",
+        )
+        .bind(expires)
+        .bind(now)
+        .bind(fence.run_id.as_uuid())
+        .bind(attempt_i32(fence.attempt))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(if parse_state(&state)? == RunState::Cancelling {
+            LeaseStatus::CancelRequested
+        } else {
+            LeaseStatus::Held
+        })
+    }
+
+    async fn check_fence(&self, fence: &AttemptFence) -> Result<(), StoreError> {
+        let held: Option<i32> =
+            sqlx::query_scalar(&format!("SELECT 1 FROM etl_runs WHERE {FENCE}"))
+                .bind(fence.run_id.as_uuid())
+                .bind(attempt_i32(fence.attempt))
+                .bind(fence.instance_id.as_uuid())
+                .fetch_optional(&self.inner.pool)
+                .await?;
+        held.map(drop).ok_or(StoreError::Fenced)
+    }
+
+    async fn record_progress(
+        &self,
+        fence: &AttemptFence,
+        progress: &Progress,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let job_name: Option<String> = sqlx::query_scalar(&format!(
+            "UPDATE etl_runs SET progress_done = $4, progress_total = $5, progress_message = $6, \
+             updated_at = $7 WHERE {FENCE} RETURNING job_name"
+        ))
+        .bind(fence.run_id.as_uuid())
+        .bind(attempt_i32(fence.attempt))
+        .bind(fence.instance_id.as_uuid())
+        .bind(from_u64(progress.done))
+        .bind(progress.total.map(from_u64))
+        .bind(&progress.message)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let job_name = job_name.ok_or(StoreError::Fenced)?;
+        let kind = RunEventKind::Progress {
+            progress: progress.clone(),
+        };
+        self.insert_event(&mut tx, fence.run_id, &job_name, now, &kind)
+            .await?;
+        tx.commit().await?;
+        self.bump();
+        Ok(())
+    }
+
+    async fn append_log(
+        &self,
+        fence: &AttemptFence,
+        level: LogLevel,
+        message: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let job_name: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT job_name FROM etl_runs WHERE {FENCE} FOR SHARE"
+        ))
+        .bind(fence.run_id.as_uuid())
+        .bind(attempt_i32(fence.attempt))
+        .bind(fence.instance_id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let job_name = job_name.ok_or(StoreError::Fenced)?;
+        let kind = RunEventKind::Log {
+            level,
+            message: message.to_owned(),
+            attempt: fence.attempt,
+        };
+        self.insert_event(&mut tx, fence.run_id, &job_name, now, &kind)
+            .await?;
+        tx.commit().await?;
+        self.bump();
+        Ok(())
+    }
+
+    async fn save_checkpoint(
+        &self,
+        fence: &AttemptFence,
+        cursor: &Value,
+        _now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(&format!(
+            "UPDATE etl_runs SET checkpoint = $4 WHERE {FENCE}"
+        ))
+        .bind(fence.run_id.as_uuid())
+        .bind(attempt_i32(fence.attempt))
+        .bind(fence.instance_id.as_uuid())
+        .bind(cursor)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Fenced);
+        }
+        sqlx::query("UPDATE etl_attempts SET checkpoint = $1 WHERE run_id = $2 AND number = $3")
+            .bind(cursor)
+            .bind(fence.run_id.as_uuid())
+            .bind(attempt_i32(fence.attempt))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn finish_attempt(
+        &self,
+        fence: &AttemptFence,
+        outcome: AttemptOutcome,
+        now: OffsetDateTime,
+    ) -> Result<Run, StoreError> {
+        let now = truncate_micros(now);
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM etl_runs WHERE {FENCE} FOR UPDATE"
+        ))
+        .bind(fence.run_id.as_uuid())
+        .bind(attempt_i32(fence.attempt))
+        .bind(fence.instance_id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let row = row.ok_or(StoreError::Fenced)?;
+        let run = run_from_row(&row)?;
+        let max_attempts = u32_of(row.try_get("max_attempts")?, "max_attempts")?;
+        let transition = finish_transition(run.state, run.attempts, max_attempts, outcome, now);
+        self.apply_transition(
+            &mut tx,
+            run.id,
+            &run.job_name,
+            fence.attempt,
+            &transition,
+            now,
+        )
+        .await?;
+        let run = must_fetch_run(&mut tx, run.id).await?;
+        tx.commit().await?;
+        self.bump();
+        Ok(run)
+    }
+
+    async fn request_cancel(
+        &self,
+        id: RunId,
+        now: OffsetDateTime,
+    ) -> Result<CancelOutcome, StoreError> {
+        let now = truncate_micros(now);
+        let mut tx = self.begin().await?;
+        let Some(run) = fetch_run(&mut tx, id, true).await? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let next = match run.state {
+            state if state.is_terminal() => return Ok(CancelOutcome::AlreadyFinished(run)),
+            RunState::Cancelling => return Ok(CancelOutcome::Cancelling(run)),
+            RunState::Running => RunState::Cancelling,
+            _ => RunState::Cancelled,
+        };
+        self.apply_cancel(&mut tx, &run, next, now).await?;
+        let run = must_fetch_run(&mut tx, id).await?;
+        tx.commit().await?;
+        self.bump();
+        Ok(if next == RunState::Cancelled {
+            CancelOutcome::Cancelled(run)
+        } else {
+            CancelOutcome::Cancelling(run)
+        })
+    }
+
+    async fn sweep_expired(&self, now: OffsetDateTime) -> Result<SweepReport, StoreError> {
+        let now = truncate_micros(now);
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT id, job_name, state, attempts, max_attempts FROM etl_runs \
+             WHERE state IN {EXECUTING_STATES} AND lease_expires_at < $1 \
+             ORDER BY id FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut report = SweepReport::default();
+        for row in rows {
+            let id = RunId::from_uuid(row.try_get::<Uuid, _>("id")?);
+            let job_name: String = row.try_get("job_name")?;
+            let state: String = row.try_get("state")?;
+            let attempts = u32_of(row.try_get("attempts")?, "attempts")?;
+            let max_attempts = u32_of(row.try_get("max_attempts")?, "max_attempts")?;
+            let transition = sweep_transition(parse_state(&state)?, attempts, max_attempts, now);
+            self.apply_transition(&mut tx, id, &job_name, attempts, &transition, now)
+                .await?;
+            match transition.state {
+                RunState::Retrying => report.retried.push(id),
+                RunState::Cancelled => report.cancelled.push(id),
+                _ => report.failed.push(id),
+            }
+        }
+        tx.commit().await?;
+        if !report.is_empty() {
+            self.bump();
+        }
+        Ok(report)
+    }
+
+    async fn fire_schedule(
+        &self,
+        slot: OffsetDateTime,
+        new: NewRun,
+    ) -> Result<Option<Run>, StoreError> {
+        let slot = truncate_micros(slot);
+        let mut tx = self.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO etl_schedule_slots (job_name, slot, fired_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&new.job_name)
+        .bind(slot)
+        .bind(new.created_at)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(None);
+        }
+        if active_slot_holder(&mut tx, &new.job_name, false)
+            .await?
+            .is_some()
+        {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let Some(run) = self.insert_run_row(&mut tx, &new).await? else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        sqlx::query("UPDATE etl_schedule_slots SET run_id = $1 WHERE job_name = $2 AND slot = $3")
+            .bind(run.id.as_uuid())
+            .bind(&new.job_name)
+            .bind(slot)
+            .execute(&mut *tx)
+            .await?;
+        self.insert_event(
+            &mut tx,
+            run.id,
+            &run.job_name,
+            run.created_at,
+            &pending_event(),
+        )
+        .await?;
+        tx.commit().await?;
+        self.bump();
+        Ok(Some(run))
+    }
+
+    async fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        fetch_run(&mut conn, id, false).await
+    }
+
+    async fn list_runs(&self, job_name: Option<&str>, limit: u32) -> Result<Vec<Run>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM etl_runs WHERE ($1::text IS NULL OR job_name = $1) \
+             ORDER BY created_at DESC, id DESC LIMIT $2"
+        ))
+        .bind(job_name)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn latest_runs(&self) -> Result<Vec<Run>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT DISTINCT ON (job_name) {RUN_COLUMNS} FROM etl_runs \
+             ORDER BY job_name, created_at DESC, id DESC"
+        ))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn active_runs(&self, job_name: Option<&str>) -> Result<Vec<Run>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM etl_runs WHERE state IN {ACTIVE_STATES} \
+             AND ($1::text IS NULL OR job_name = $1) ORDER BY created_at"
+        ))
+        .bind(job_name)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn count_states(&self) -> Result<StateCounts, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM etl_runs GROUP BY state")
+            .fetch_all(&self.inner.pool)
+            .await?;
+        let mut counts = StateCounts::default();
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            counts.add(parse_state(&state)?, to_u64(row.try_get("n")?, "count")?);
+        }
+        Ok(counts)
+    }
+
+    async fn attempts(&self, id: RunId) -> Result<Vec<Attempt>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT number, instance_id, started_at, lease_expires_at, heartbeat_at, \
+             finished_at, outcome, error, checkpoint FROM etl_attempts WHERE run_id = $1 \
+             ORDER BY number",
+        )
+        .bind(id.as_uuid())
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Attempt {
+                    run_id: id,
+                    number: u32_of(row.try_get("number")?, "number")?,
+                    instance_id: InstanceId::from(row.try_get::<Uuid, _>("instance_id")?),
+                    started_at: row.try_get("started_at")?,
+                    lease_expires_at: row.try_get("lease_expires_at")?,
+                    heartbeat_at: row.try_get("heartbeat_at")?,
+                    finished_at: row.try_get("finished_at")?,
+                    outcome: row.try_get("outcome")?,
+                    error: row.try_get("error")?,
+                    checkpoint: row.try_get("checkpoint")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn logs(&self, id: RunId) -> Result<Vec<LogLine>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, run_id, job_name, at, payload FROM etl_events \
+             WHERE run_id = $1 AND kind = 'log' ORDER BY seq",
+        )
+        .bind(id.as_uuid())
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter()
+            .filter_map(|row| match event_from_row(row) {
+                Ok(event) => log_line(event).map(Ok),
+                Err(err) => Some(Err(err)),
+            })
+            .collect()
+    }
+
+    async fn events_since(&self, after_seq: i64, limit: u32) -> Result<Vec<RunEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, run_id, job_name, at, payload FROM etl_events WHERE seq > $1 \
+             ORDER BY seq LIMIT $2",
+        )
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn latest_event_seq(&self) -> Result<i64, StoreError> {
+        let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::bigint FROM etl_events")
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(seq)
+    }
+}
