@@ -5,6 +5,9 @@
 
 pub mod body;
 pub mod error;
+pub mod headers;
+#[cfg(feature = "health")]
+pub mod health;
 pub mod identity;
 pub mod rbac;
 pub mod request_id;
@@ -12,4 +15,5 @@ pub mod request_id;
 pub use body::ResponseBody;
 pub use error::{ApiError, ErrorCode};
 pub use identity::Identity;
-pub use request_id::RequestId;
+pub use rbac::{AuthorizeLayer, RequirePermissionLayer, RoleMap, RuleTable};
+pub use request_id::{RequestId, RequestIdLayer, SetRequestIdLayer};

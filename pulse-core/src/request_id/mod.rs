@@ -4,6 +4,53 @@
 //! An inbound `X-Request-ID` (or `X-Correlation-ID`) is accepted when it is at most
 //! [`MAX_LEN`] characters of `[A-Za-z0-9._:-]`; otherwise, or when absent, a fresh
 //! UUIDv7 (unique and time-sortable) is generated.
+//!
+//! - [`RequestIdLayer`] (servers) chooses the id, puts it in request extensions and in
+//!   a `request` tracing span that every log line of the request carries, and echoes it
+//!   on the response. [`RequestIdLayer::edge`] is for the internet-facing service: it
+//!   always generates the id and logs a client's value only as `client_request_id`.
+//! - [`SetRequestIdLayer`] (clients) sets the id on outbound requests under both
+//!   header names.
+//!
+//! ```
+//! use std::convert::Infallible;
+//!
+//! use http::{Request, Response};
+//! use pulse_core::request_id::{RequestId, RequestIdLayer, X_REQUEST_ID};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let service = ServiceBuilder::new()
+//!     .layer(RequestIdLayer::new())
+//!     .service_fn(|req: Request<()>| async move {
+//!         // Handlers (and log lines, through the span) see the chosen id.
+//!         let id = req.extensions().get::<RequestId>().map(RequestId::to_string);
+//!         Ok::<_, Infallible>(Response::new(id.unwrap_or_default()))
+//!     });
+//!
+//! // A valid inbound id is kept and echoed.
+//! let req = Request::builder().header("x-request-id", "abc-123").body(()).unwrap();
+//! let res = service.clone().oneshot(req).await.unwrap();
+//! assert_eq!(res.headers()[X_REQUEST_ID], "abc-123");
+//! assert_eq!(res.body(), "abc-123");
+//!
+//! // An invalid one is replaced by a fresh UUIDv7.
+//! let req = Request::builder().header("x-request-id", "no spaces allowed").body(()).unwrap();
+//! let res = service.oneshot(req).await.unwrap();
+//! assert_eq!(res.body().len(), 36);
+//! assert_eq!(res.headers()[X_REQUEST_ID], res.body().as_str());
+//! # }
+//! ```
+
+mod future;
+mod layer;
+#[cfg(test)]
+mod layer_tests;
+mod service;
+
+pub use future::ResponseFuture;
+pub use layer::{RequestIdLayer, SetRequestIdLayer};
+pub use service::{RequestIdService, SetRequestId};
 
 use std::{fmt, sync::Arc};
 
@@ -15,6 +62,20 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 /// The longest accepted inbound id.
 pub const MAX_LEN: usize = 128;
+
+tokio::task_local! {
+    /// The id of the request whose service future is being polled on this task.
+    static CURRENT: RequestId;
+}
+
+/// Record the authenticated user's id in the current request span (the `user_id`
+/// field that [`RequestIdService`] declares), so every later log line carries it.
+///
+/// Authentication layers call this once they have verified the caller. Outside a
+/// request span it does nothing.
+pub fn record_user_id(user_id: &str) {
+    tracing::Span::current().record("user_id", tracing::field::display(user_id));
+}
 
 /// A validated correlation id. Cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -71,6 +132,13 @@ impl RequestId {
             .get::<Self>()
             .cloned()
             .or_else(|| Self::from_headers(headers))
+    }
+
+    /// The id of the request being served on this task: set by [`RequestIdService`]
+    /// while it runs the inner service's call and future. `None` outside one, and in
+    /// tasks spawned from it (pass the id along explicitly there).
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(Self::clone).ok()
     }
 
     /// The id as a string.
