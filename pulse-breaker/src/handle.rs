@@ -1,0 +1,152 @@
+//! The shared breaker: a cloneable handle to read and steer one circuit.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::config::{BreakerConfig, ConfigError};
+use crate::error::BreakerOpen;
+use crate::policy::Outcome;
+use crate::state::{Core, Permit, Snapshot, State};
+
+/// One circuit. Clones share it: the services built from a layer, the handle the
+/// application keeps for `/health` or an admin endpoint, and any direct user of
+/// [`try_acquire`](Self::try_acquire).
+///
+/// ```
+/// use pulse_breaker::{Breaker, Outcome, State};
+///
+/// let breaker = Breaker::default();
+/// let permit = breaker.try_acquire().expect("closed circuits admit");
+/// permit.record(Outcome::Success);
+/// assert_eq!(breaker.snapshot().counts.calls, 1);
+///
+/// breaker.force_open();
+/// assert!(breaker.try_acquire().is_err());
+/// breaker.reset();
+/// assert_eq!(breaker.state(), State::Closed);
+/// ```
+#[derive(Clone)]
+pub struct Breaker {
+    pub(crate) core: Arc<Core>,
+}
+
+impl Breaker {
+    /// A breaker with this configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when a threshold, count or window cannot work.
+    pub fn new(config: BreakerConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            core: Arc::new(Core::new(&config)),
+        })
+    }
+
+    /// The current state.
+    #[must_use]
+    pub fn state(&self) -> State {
+        self.core.state()
+    }
+
+    /// State, window counts and rates, probe and rejection counters, now.
+    #[must_use]
+    pub fn snapshot(&self) -> Snapshot {
+        self.core.snapshot()
+    }
+
+    /// Admits one call, to be reported with [`CallPermit::record`]; dropping the permit
+    /// unreported counts as a cancellation (ignored, and a half-open probe slot is
+    /// released).
+    ///
+    /// # Errors
+    /// [`BreakerOpen`] when the circuit rejects the call.
+    #[inline]
+    pub fn try_acquire(&self) -> Result<CallPermit, BreakerOpen> {
+        let permit = self.core.acquire()?;
+        Ok(CallPermit {
+            core: self.core.clone(),
+            permit,
+            done: false,
+        })
+    }
+
+    /// Opens the circuit until [`reset`](Self::reset): every call is rejected.
+    pub fn force_open(&self) {
+        self.core.force(State::ForcedOpen);
+    }
+
+    /// Admits every call and records nothing until [`reset`](Self::reset).
+    pub fn disable(&self) {
+        self.core.force(State::Disabled);
+    }
+
+    /// Admits and records every call but never trips, until [`reset`](Self::reset).
+    pub fn metrics_only(&self) {
+        self.core.force(State::MetricsOnly);
+    }
+
+    /// Closes the circuit with an empty window and the backoff reset.
+    pub fn reset(&self) {
+        self.core.force(State::Closed);
+    }
+
+    /// Whether both handles steer the same circuit.
+    #[must_use]
+    pub fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.core, &other.core)
+    }
+}
+
+impl Default for Breaker {
+    /// A breaker with the [default configuration](BreakerConfig::default).
+    fn default() -> Self {
+        Self {
+            core: Arc::new(Core::new(&BreakerConfig::default())),
+        }
+    }
+}
+
+impl fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The right to make one call, tied to the breaker state it was granted in.
+///
+/// Report the result with [`record`](Self::record); dropping the permit instead means
+/// the call was cancelled: it is ignored and frees its half-open probe slot.
+#[must_use = "dropping a permit records a cancellation"]
+pub struct CallPermit {
+    core: Arc<Core>,
+    permit: Permit,
+    done: bool,
+}
+
+impl CallPermit {
+    /// Reports how the call went.
+    #[inline]
+    pub fn record(mut self, outcome: Outcome) {
+        self.done = true;
+        self.core.complete(&self.permit, outcome);
+    }
+}
+
+impl Drop for CallPermit {
+    fn drop(&mut self) {
+        if !self.done {
+            self.core.cancel(&self.permit);
+        }
+    }
+}
+
+impl fmt::Debug for CallPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallPermit")
+            .field("generation", &self.permit.generation)
+            .field("admission", &self.permit.admission)
+            .finish_non_exhaustive()
+    }
+}
