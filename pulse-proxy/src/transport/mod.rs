@@ -1,0 +1,117 @@
+//! Transports: how the proxy reaches its upstream.
+//!
+//! A transport is any `tower::Service<http::Request<B>>` that returns an
+//! `http::Response`. Three ship here:
+//!
+//! | transport | reaches the upstream over | feature |
+//! | --- | --- | --- |
+//! | [`HttpTransport`] | pooled TCP connections (hyper-util's client), optional rustls TLS | `http` (default), `tls` |
+//! | [`UnixTransport`] | pooled Unix-domain-socket connections | `unix` (default, unix only) |
+//! | [`InProcessTransport`] | a call into any tower service, e.g. the ETL router | always |
+//!
+//! The two pooled transports share [`TransportConfig`]: connect timeout, idle pool
+//! size and timeout, and a hard cap on requests in flight that fails fast with
+//! [`ProxyError::PoolExhausted`](crate::ProxyError::PoolExhausted) (503) instead of
+//! queueing, which hyper-util's client alone does not offer.
+
+use std::time::Duration;
+
+mod in_process;
+pub use in_process::InProcessTransport;
+
+#[cfg(feature = "http")]
+mod pooled;
+#[cfg(feature = "http")]
+pub use pooled::{HttpTransport, TransportBody, TransportFuture};
+
+#[cfg(all(feature = "unix", feature = "http", unix))]
+mod unix;
+#[cfg(all(feature = "unix", feature = "http", unix))]
+pub use unix::{UnixConnector, UnixTransport};
+
+/// The default most idle connections kept per upstream host.
+pub const DEFAULT_MAX_IDLE_PER_HOST: usize = 20;
+/// The default idle timeout: below the 60 s keep-alive most servers use, so the pool
+/// drops a connection before the upstream closes it under a request.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// The default cap on requests in flight (and so on open HTTP/1 connections).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 100;
+/// The default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings of the pooled transports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportConfig {
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) max_idle_per_host: usize,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_in_flight: usize,
+    pub(crate) http2_only: bool,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
+            max_idle_per_host: DEFAULT_MAX_IDLE_PER_HOST,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            http2_only: false,
+        }
+    }
+}
+
+impl TransportConfig {
+    /// The defaults: connect timeout 5 s, 20 idle connections per host closed after
+    /// 50 s, at most 100 requests in flight, HTTP/1.1.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long opening a connection may take (`None`: no limit).
+    #[must_use]
+    pub const fn with_connect_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The most idle connections kept per host.
+    #[must_use]
+    pub const fn with_max_idle_per_host(mut self, max: usize) -> Self {
+        self.max_idle_per_host = max;
+        self
+    }
+
+    /// How long an idle connection is kept (`None`: forever). Keep it below the
+    /// upstream's keep-alive timeout.
+    #[must_use]
+    pub const fn with_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// The most requests in flight at once; one more fails at once with
+    /// `PoolExhausted`.
+    #[must_use]
+    pub const fn with_max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max;
+        self
+    }
+
+    /// Speak HTTP/2 with prior knowledge (h2c, or h2 over TLS).
+    #[must_use]
+    pub const fn with_http2_only(mut self, enabled: bool) -> Self {
+        self.http2_only = enabled;
+        self
+    }
+
+    /// The connect timeout.
+    pub const fn connect_timeout(&self) -> Option<Duration> {
+        self.connect_timeout
+    }
+
+    /// The cap on requests in flight.
+    pub const fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+}
