@@ -1,0 +1,168 @@
+//! [`TokenIssuer`]: signs user tokens for login endpoints.
+
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+use super::{Audience, Claims, IssueError, SigningKey, claims::unix_seconds, verifier::Clock};
+use crate::identity::Identity;
+
+/// The default lifetime of an issued user token: one hour.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Signs user tokens: `sub`, `email`, `roles`, `permissions`, `iat`, `exp`, a fresh
+/// `jti`, and `iss`/`aud`/`nbf` when configured.
+///
+/// ```
+/// use pulse_core::{Identity, jwt::{SigningKey, TokenIssuer}};
+///
+/// let issuer = TokenIssuer::new(SigningKey::hmac([3u8; 32])?)
+///     .with_issuer("pulse-gateway")
+///     .with_audience("pulse")
+///     .with_lifetime(std::time::Duration::from_secs(900));
+/// let token = issuer.issue(&Identity::new("u1").with_email("u1@pulse.local"))?;
+/// assert_eq!(token.token_type, "Bearer");
+/// assert_eq!(token.expires_in, 900);
+/// assert_eq!(token.access_token.split('.').count(), 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct TokenIssuer {
+    key: SigningKey,
+    issuer: Option<String>,
+    audience: Option<String>,
+    lifetime: Duration,
+    not_before: bool,
+    typ: &'static str,
+    clock: Clock,
+}
+
+/// A freshly issued token, serialisable as the login answer
+/// `{"access_token", "token_type": "Bearer", "expires_in"}`.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct IssuedToken {
+    /// The signed token.
+    pub access_token: String,
+    /// Always `"Bearer"`.
+    pub token_type: &'static str,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+    /// When the token expires.
+    #[serde(skip)]
+    pub expires_at: SystemTime,
+    /// The token's `jti`.
+    #[serde(skip)]
+    pub jti: String,
+}
+
+impl TokenIssuer {
+    /// An issuer signing with `key`, tokens living [`DEFAULT_TOKEN_LIFETIME`].
+    pub fn new(key: SigningKey) -> Self {
+        Self {
+            key,
+            issuer: None,
+            audience: None,
+            lifetime: DEFAULT_TOKEN_LIFETIME,
+            not_before: false,
+            typ: "JWT",
+            clock: Arc::new(SystemTime::now),
+        }
+    }
+
+    /// Set `iss`.
+    #[must_use]
+    pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
+    /// Set `aud`.
+    #[must_use]
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// How long issued tokens live. Keep it within the verifier's maximum lifetime.
+    #[must_use]
+    pub const fn with_lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+
+    /// Also set `nbf` (to the issue time).
+    #[must_use]
+    pub const fn with_not_before(mut self, not_before: bool) -> Self {
+        self.not_before = not_before;
+        self
+    }
+
+    /// Set the `typ` header (default `JWT`).
+    #[must_use]
+    #[cfg_attr(not(feature = "internal-auth"), allow(dead_code))]
+    pub(crate) const fn with_type(mut self, typ: &'static str) -> Self {
+        self.typ = typ;
+        self
+    }
+
+    /// Read the time from `clock` instead of the system clock (for tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The configured lifetime.
+    pub const fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// Sign a token for `identity`.
+    pub fn issue(&self, identity: &Identity) -> Result<IssuedToken, IssueError> {
+        self.issue_for(identity, self.audience.as_deref())
+    }
+
+    /// Sign a token for `identity` with this audience instead of the configured one.
+    pub(crate) fn issue_for(
+        &self,
+        identity: &Identity,
+        audience: Option<&str>,
+    ) -> Result<IssuedToken, IssueError> {
+        let now = unix_seconds((self.clock)());
+        let lifetime = self.lifetime.as_secs();
+        let exp = now.saturating_add(lifetime);
+        let jti = uuid::Uuid::new_v4().to_string();
+        let mut claims = Claims::for_identity(identity);
+        claims.iat = Some(now);
+        claims.exp = Some(exp);
+        claims.nbf = self.not_before.then_some(now);
+        claims.iss.clone_from(&self.issuer);
+        claims.aud = audience.map(|a| Audience::One(a.to_owned()));
+        claims.jti = Some(jti.clone());
+        let access_token = self.key.sign(self.typ, &claims).map_err(IssueError::new)?;
+        Ok(IssuedToken {
+            access_token,
+            token_type: "Bearer",
+            expires_in: lifetime,
+            expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+            jti,
+        })
+    }
+}
+
+impl fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenIssuer")
+            .field("key", &self.key)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("lifetime", &self.lifetime)
+            .field("not_before", &self.not_before)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,448 @@
+//! [`JwtVerifier`]: every check a bearer token must pass, secure by default.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use http::{HeaderMap, header::AUTHORIZATION};
+use jsonwebtoken::{Validation, errors::ErrorKind};
+
+use super::{
+    Claims, DEFAULT_LEEWAY, DEFAULT_MAX_LEEWAY, DEFAULT_MAX_LIFETIME, KeySource, MAX_TOKEN_BYTES,
+    TokenError, VerifiedTokenCache, claims::unix_seconds, key::MAX_KID_LEN,
+};
+use crate::{error::ApiError, identity::Identity};
+
+/// Where verifiers read the time; tests inject a fixed one.
+pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// Verifies bearer tokens: signature with the key the `kid` selects (algorithm pinned
+/// per key), then `exp` (required), `nbf`, `iat`, lifetime, `iss` and `aud`.
+///
+/// Defaults: leeway [`DEFAULT_LEEWAY`] (capped at [`DEFAULT_MAX_LEEWAY`] unless
+/// raised with [`JwtVerifier::with_max_leeway`]), maximum lifetime
+/// [`DEFAULT_MAX_LIFETIME`], token size cap [`MAX_TOKEN_BYTES`]. Without a configured
+/// audience a token that carries `aud` is refused (RFC 7519 §4.1.3). The `jku`, `x5u`
+/// and `jwk` headers are never read: keys come only from the [`KeySource`].
+///
+/// Cheap to clone; clones share configuration, keys and cache.
+///
+/// ```
+/// use pulse_core::{Identity, jwt::{JwtVerifier, SigningKey, TokenIssuer, VerificationKey}};
+///
+/// let secret = b"an example secret of 32 bytes!!!";
+/// let issuer = TokenIssuer::new(SigningKey::hmac(secret)?).with_issuer("pulse");
+/// let verifier = JwtVerifier::new(VerificationKey::hmac(secret)?).with_issuer("pulse");
+///
+/// let token = issuer.issue(&Identity::new("u1").with_permissions(["etl.access"]))?;
+/// let identity = verifier.verify(&token.access_token)?;
+/// assert_eq!(identity.subject, "u1");
+/// assert!(identity.has_permission("etl.access"));
+/// assert!(verifier.verify("not.a.token").is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct JwtVerifier {
+    config: Arc<Config>,
+}
+
+#[derive(Clone)]
+struct Config {
+    keys: Arc<dyn KeySource>,
+    issuers: HashSet<String>,
+    audiences: HashSet<String>,
+    leeway: Duration,
+    max_leeway: Duration,
+    max_lifetime: Duration,
+    max_token_bytes: usize,
+    required_type: Option<String>,
+    clock: Clock,
+    cache: Option<VerifiedTokenCache>,
+}
+
+impl JwtVerifier {
+    /// A verifier taking keys from `keys` (a [`VerificationKey`](super::VerificationKey),
+    /// a [`KeySet`](super::KeySet) or a JWKS source).
+    pub fn new(keys: impl KeySource) -> Self {
+        Self {
+            config: Arc::new(Config {
+                keys: Arc::new(keys),
+                issuers: HashSet::new(),
+                audiences: HashSet::new(),
+                leeway: DEFAULT_LEEWAY,
+                max_leeway: DEFAULT_MAX_LEEWAY,
+                max_lifetime: DEFAULT_MAX_LIFETIME,
+                max_token_bytes: MAX_TOKEN_BYTES,
+                required_type: None,
+                clock: Arc::new(SystemTime::now),
+                cache: None,
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Accept tokens from this issuer (`iss`). Once one is set, `iss` is required and
+    /// must be one of them. May be called several times.
+    #[must_use]
+    pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.config_mut().issuers.insert(issuer.into());
+        self
+    }
+
+    /// Accept tokens for this audience (`aud`). Once one is set, `aud` is required and
+    /// must contain one of them. May be called several times.
+    #[must_use]
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        self.config_mut().audiences.insert(audience.into());
+        self
+    }
+
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`; never more than the cap
+    /// ([`JwtVerifier::with_max_leeway`]).
+    #[must_use]
+    pub fn with_leeway(mut self, leeway: Duration) -> Self {
+        self.config_mut().leeway = leeway;
+        self
+    }
+
+    /// The cap on the leeway (default [`DEFAULT_MAX_LEEWAY`]).
+    #[must_use]
+    pub fn with_max_leeway(mut self, max_leeway: Duration) -> Self {
+        self.config_mut().max_leeway = max_leeway;
+        self
+    }
+
+    /// The longest lifetime accepted: `exp - iat`, and `exp - now` (so tokens without
+    /// `iat` are bounded too). Default [`DEFAULT_MAX_LIFETIME`].
+    #[must_use]
+    pub fn with_max_lifetime(mut self, max_lifetime: Duration) -> Self {
+        self.config_mut().max_lifetime = max_lifetime;
+        self
+    }
+
+    /// The largest token accepted, in bytes (default [`MAX_TOKEN_BYTES`]).
+    #[must_use]
+    pub fn with_max_token_bytes(mut self, max: usize) -> Self {
+        self.config_mut().max_token_bytes = max;
+        self
+    }
+
+    /// Require this `typ` header (e.g. the internal token type), so that tokens of one
+    /// kind are never accepted as another.
+    #[must_use]
+    pub fn with_required_type(mut self, typ: impl Into<String>) -> Self {
+        self.config_mut().required_type = Some(typ.into());
+        self
+    }
+
+    /// Read the time from `clock` instead of the system clock (for tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.config_mut().clock = Arc::new(clock);
+        self
+    }
+
+    /// Remember verified tokens in `cache` so a hot path verifies each token once.
+    ///
+    /// A cached token stays accepted until its expiry even if its key is removed
+    /// meanwhile; call [`VerifiedTokenCache::clear`] after removing a key.
+    #[must_use]
+    pub fn with_cache(mut self, cache: VerifiedTokenCache) -> Self {
+        self.config_mut().cache = Some(cache);
+        self
+    }
+
+    /// The effective leeway: the configured one, capped.
+    pub fn leeway(&self) -> Duration {
+        self.config.leeway.min(self.config.max_leeway)
+    }
+
+    /// The maximum token lifetime.
+    pub fn max_lifetime(&self) -> Duration {
+        self.config.max_lifetime
+    }
+
+    /// Verify the single `Authorization: Bearer` header of a request.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, TokenError> {
+        self.verify(bearer_token(headers)?)
+    }
+
+    /// Verify a token and return the identity it carries.
+    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        if token.len() > self.config.max_token_bytes {
+            return Err(TokenError::TooLarge {
+                max: self.config.max_token_bytes,
+            });
+        }
+        let now = unix_seconds((self.config.clock)());
+        let leeway = self.leeway().as_secs();
+        if let Some(cache) = &self.config.cache
+            && let Some(hit) = cache.get(token)
+        {
+            // A cached token is still subject to its expiry under this clock.
+            if now < hit.exp.saturating_add(leeway) {
+                return Ok(hit.identity);
+            }
+            return Err(TokenError::Expired);
+        }
+        let claims = self.verify_claims(token)?;
+        let identity = claims
+            .to_identity()
+            .ok_or(TokenError::MissingClaim("sub"))?;
+        if let (Some(cache), Some(exp)) = (&self.config.cache, claims.exp) {
+            cache.insert(token, identity.clone(), exp);
+        }
+        Ok(identity)
+    }
+
+    /// Verify a token and return all its claims.
+    pub fn verify_claims(&self, token: &str) -> Result<Claims, TokenError> {
+        let config = &*self.config;
+        if token.len() > config.max_token_bytes {
+            return Err(TokenError::TooLarge {
+                max: config.max_token_bytes,
+            });
+        }
+        check_shape(token)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if let Some(required) = &config.required_type
+            && header.typ.as_deref() != Some(required.as_str())
+        {
+            return Err(TokenError::WrongType);
+        }
+        let kid = header.kid.as_deref();
+        if kid.is_some_and(|kid| kid.len() > MAX_KID_LEN) {
+            return Err(TokenError::UnknownKey);
+        }
+        let Some(key) = config.keys.key(kid) else {
+            if let Some(kid) = kid {
+                config.keys.on_unknown_kid(kid);
+            }
+            return Err(TokenError::UnknownKey);
+        };
+        // The key decides the algorithm; the header only has to agree with it.
+        if header.alg != key.algorithm() {
+            return Err(TokenError::AlgorithmNotAllowed);
+        }
+        let claims =
+            jsonwebtoken::decode::<Claims>(token, key.decoding_key(), &signature_only(&key))
+                .map_err(|err| match err.into_kind() {
+                    ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+                        TokenError::AlgorithmNotAllowed
+                    }
+                    ErrorKind::Json(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidClaimFormat(_) => {
+                        TokenError::InvalidClaims
+                    }
+                    ErrorKind::Base64(_) | ErrorKind::InvalidToken => TokenError::Malformed,
+                    _ => TokenError::BadSignature,
+                })?
+                .claims;
+        self.check_claims(&claims)?;
+        Ok(claims)
+    }
+
+    fn check_claims(&self, claims: &Claims) -> Result<(), TokenError> {
+        let config = &*self.config;
+        let now = unix_seconds((config.clock)());
+        let leeway = self.leeway().as_secs();
+        let max_lifetime = config.max_lifetime.as_secs();
+
+        if claims.sub.is_none() {
+            return Err(TokenError::MissingClaim("sub"));
+        }
+        let exp = claims.exp.ok_or(TokenError::MissingClaim("exp"))?;
+        if now >= exp.saturating_add(leeway) {
+            return Err(TokenError::Expired);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+        {
+            return Err(TokenError::NotYetValid);
+        }
+        if let Some(iat) = claims.iat {
+            if iat > now.saturating_add(leeway) {
+                return Err(TokenError::IssuedInFuture);
+            }
+            if exp.saturating_sub(iat) > max_lifetime {
+                return Err(TokenError::LifetimeTooLong);
+            }
+        }
+        if exp.saturating_sub(now) > max_lifetime.saturating_add(leeway) {
+            return Err(TokenError::LifetimeTooLong);
+        }
+        if !config.issuers.is_empty() {
+            let iss = claims
+                .iss
+                .as_deref()
+                .ok_or(TokenError::MissingClaim("iss"))?;
+            if !config.issuers.contains(iss) {
+                return Err(TokenError::WrongIssuer);
+            }
+        }
+        match (&claims.aud, config.audiences.is_empty()) {
+            (None, true) => {}
+            (None, false) => return Err(TokenError::MissingClaim("aud")),
+            (Some(_), true) => return Err(TokenError::WrongAudience),
+            (Some(aud), false) => {
+                if !config.audiences.iter().any(|a| aud.contains(a)) {
+                    return Err(TokenError::WrongAudience);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// jsonwebtoken's own validation, reduced to the signature and the pinned algorithm:
+/// the time and audience checks are ours (injectable clock, lifetime, strict types).
+fn signature_only(key: &super::VerificationKey) -> Validation {
+    let mut validation = Validation::new(key.algorithm());
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    validation
+}
+
+/// Exactly three non-empty base64url segments.
+fn check_shape(token: &str) -> Result<(), TokenError> {
+    let mut segments = 0;
+    for segment in token.split('.') {
+        segments += 1;
+        if segment.is_empty()
+            || !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(TokenError::Malformed);
+        }
+    }
+    if segments == 3 {
+        Ok(())
+    } else {
+        Err(TokenError::Malformed)
+    }
+}
+
+/// The token of the request's single `Authorization: Bearer <token>` header (scheme
+/// case-insensitive).
+///
+/// No header, or another scheme, is [`TokenError::Missing`]; two headers are
+/// [`TokenError::DuplicateHeader`]; anything else unusable is
+/// [`TokenError::MalformedHeader`].
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Err(TokenError::Missing),
+        (Some(value), None) => value,
+        (Some(_), Some(_)) => return Err(TokenError::DuplicateHeader),
+    };
+    let value = value.to_str().map_err(|_| TokenError::MalformedHeader)?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(TokenError::Missing);
+    }
+    let token = token.trim_matches(' ');
+    if token.is_empty() || token.contains([' ', '\t']) {
+        return Err(TokenError::MalformedHeader);
+    }
+    Ok(token)
+}
+
+impl TokenError {
+    /// The answer to a request refused for this reason: 401 `unauthorized` when no
+    /// token was sent, 401 `invalid_token` otherwise, both with `WWW-Authenticate`.
+    pub fn to_api_error(&self) -> ApiError {
+        match self {
+            Self::Missing => ApiError::unauthorized(),
+            _ => ApiError::invalid_token(),
+        }
+    }
+}
+
+impl fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &*self.config;
+        f.debug_struct("JwtVerifier")
+            .field("issuers", &c.issuers)
+            .field("audiences", &c.audiences)
+            .field("leeway", &self.leeway())
+            .field("max_lifetime", &c.max_lifetime)
+            .field("max_token_bytes", &c.max_token_bytes)
+            .field("required_type", &c.required_type)
+            .field("cache", &c.cache.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for h in [&b"Bearer a.b.c"[..], b"bearer a.b.c", b"BEARER   a.b.c "] {
+            assert_eq!(bearer_token(&headers(&[h])), Ok("a.b.c"));
+        }
+    }
+
+    #[test]
+    fn bearer_header_failures() {
+        assert_eq!(bearer_token(&headers(&[])), Err(TokenError::Missing));
+        assert_eq!(
+            bearer_token(&headers(&[b"Basic dXNlcjpwYXNz"])),
+            Err(TokenError::Missing)
+        );
+        assert_eq!(
+            bearer_token(&headers(&[b"Bearer a.b.c", b"Bearer a.b.c"])),
+            Err(TokenError::DuplicateHeader)
+        );
+        assert_eq!(
+            bearer_token(&headers(&[b"Bearer"])),
+            Err(TokenError::MalformedHeader)
+        );
+        assert_eq!(
+            bearer_token(&headers(&[b"Bearer a b"])),
+            Err(TokenError::MalformedHeader)
+        );
+        assert_eq!(
+            bearer_token(&headers(&[b"Bearer \xff"])),
+            Err(TokenError::MalformedHeader)
+        );
+    }
+
+    #[test]
+    fn shape_needs_three_base64url_segments() {
+        assert!(check_shape("a.b.c").is_ok());
+        for bad in ["a.b", "a.b.c.d", "a..c", "a.b.", "a.b+.c", "a.b.c=", ""] {
+            assert_eq!(check_shape(bad), Err(TokenError::Malformed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn leeway_is_capped() {
+        let key = super::super::VerificationKey::hmac([1u8; 32]).unwrap();
+        let v = JwtVerifier::new(key).with_leeway(Duration::from_secs(3600));
+        assert_eq!(v.leeway(), DEFAULT_MAX_LEEWAY);
+        let v = v.with_max_leeway(Duration::from_secs(7200));
+        assert_eq!(v.leeway(), Duration::from_secs(3600));
+    }
+}
