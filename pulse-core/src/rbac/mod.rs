@@ -134,6 +134,12 @@ impl Denial {
     }
 }
 
+impl From<Denial> for ApiError {
+    fn from(denial: Denial) -> Self {
+        denial.into_api_error()
+    }
+}
+
 /// Check that `identity` holds every one of `required` (see [`grants`]).
 pub fn check_permissions<S: AsRef<str>>(
     identity: Option<&Identity>,

@@ -285,3 +285,55 @@ proptest! {
         }
     }
 }
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_extractor_reads_the_layer_id_and_never_fails() {
+    use axum::{Router, body::Body, routing::get};
+
+    let handler = get(|id: RequestId| async move { id.to_string() });
+    let with_layer = Router::new()
+        .route("/", handler.clone())
+        .layer(RequestIdLayer::edge());
+    let res = with_layer
+        .oneshot(
+            Request::get("/")
+                .header("x-request-id", "client")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let echoed = res.headers()[X_REQUEST_ID].to_str().unwrap().to_owned();
+    let body = axum::body::to_bytes(res.into_body(), 256).await.unwrap();
+    assert_eq!(body, echoed.as_bytes());
+    assert_ne!(echoed, "client");
+
+    // Without the layer: a valid header, else a fresh id.
+    let bare = Router::new().route("/", handler);
+    let res = bare
+        .clone()
+        .oneshot(
+            Request::get("/")
+                .header("x-request-id", "hdr-1")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        axum::body::to_bytes(res.into_body(), 256).await.unwrap(),
+        "hdr-1"
+    );
+    let res = bare
+        .oneshot(
+            Request::get("/")
+                .header("x-request-id", "bad id")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = axum::body::to_bytes(res.into_body(), 256).await.unwrap();
+    assert!(is_uuid_v7(std::str::from_utf8(&body).unwrap()));
+}

@@ -179,6 +179,29 @@ impl AsRef<str> for RequestId {
     }
 }
 
+#[cfg(feature = "axum")]
+mod extract {
+    use std::convert::Infallible;
+
+    use axum::extract::FromRequestParts;
+    use http::request::Parts;
+
+    use super::RequestId;
+
+    /// The request's correlation id: the extension [`RequestIdService`](super::RequestIdService)
+    /// set, else a valid id from the headers, else a fresh one. Never fails.
+    impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+        type Rejection = Infallible;
+
+        async fn from_request_parts(
+            parts: &mut Parts,
+            _state: &S,
+        ) -> Result<Self, Self::Rejection> {
+            Ok(Self::from_parts(&parts.extensions, &parts.headers).unwrap_or_else(Self::generate))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
