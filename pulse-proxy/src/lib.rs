@@ -109,6 +109,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod body;
+pub mod cache;
 mod config;
 pub mod error;
 mod framing;

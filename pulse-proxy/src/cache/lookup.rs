@@ -1,0 +1,210 @@
+//! The flow of a cacheable request: look up, coalesce, call upstream, record.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body::Body;
+use pulse_core::RequestId;
+use tower_service::Service;
+
+use super::{
+    CacheBody, X_CACHE,
+    body::{Recorder, StoreTicket},
+    coalesce::{self, Outcome, Role},
+    key::CacheKey,
+    layer::Shared,
+    policy::content_length,
+    store::CachedResponse,
+};
+
+/// The value of the `X-Cache` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum XCache {
+    Hit,
+    Miss,
+    Bypass,
+}
+
+impl XCache {
+    const fn value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Self::Hit => "HIT",
+            Self::Miss => "MISS",
+            Self::Bypass => "BYPASS",
+        })
+    }
+}
+
+/// Adds `X-Cache` when enabled.
+pub(crate) fn tag<B>(mut res: Response<B>, enabled: bool, value: XCache) -> Response<B> {
+    if enabled {
+        res.headers_mut().insert(X_CACHE, value.value());
+    }
+    res
+}
+
+/// What [`run`] does.
+pub(crate) struct Plan {
+    pub(crate) key: CacheKey,
+    pub(crate) head: bool,
+    pub(crate) revalidate: bool,
+}
+
+/// Answers a cacheable request.
+pub(crate) async fn run<S, ReqBody, ResBody>(
+    svc: S,
+    req: Request<ReqBody>,
+    plan: Plan,
+    shared: Arc<Shared>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+{
+    let x_cache = shared.config.x_cache;
+    let stats = &shared.stats;
+    let mut revalidate = plan.revalidate;
+    loop {
+        let generation = match shared.store.get(&plan.key).await {
+            Ok(lookup) => {
+                let generation = lookup.generation;
+                if !revalidate && let Some(entry) = lookup.fresh() {
+                    stats.hit();
+                    return Ok(stored_response(
+                        &entry.response,
+                        entry.age,
+                        &req,
+                        plan.head,
+                        x_cache,
+                    ));
+                }
+                generation
+            }
+            Err(err) => {
+                // A broken cache must not break the service: forward uncached.
+                stats.store_error();
+                tracing::warn!(error = %err, "cache lookup failed");
+                stats.miss();
+                return forward(svc, req, x_cache).await;
+            }
+        };
+        if plan.head {
+            // A HEAD miss is forwarded as a HEAD; only a GET fills the entry.
+            stats.miss();
+            return forward(svc, req, x_cache).await;
+        }
+        match shared.flights.join(&plan.key, generation) {
+            Role::Leader(guard) => {
+                stats.miss();
+                let ticket = StoreTicket {
+                    store: shared.store.clone(),
+                    key: plan.key,
+                    generation,
+                    ttl: Duration::ZERO,
+                    stats: stats.clone(),
+                    guard,
+                };
+                return lead(svc, req, ticket, &shared).await;
+            }
+            Role::Waiter(rx) => {
+                stats.wait();
+                match coalesce::wait(rx).await {
+                    Outcome::Shared(response) => {
+                        stats.coalesce();
+                        return Ok(stored_response(
+                            &response,
+                            Duration::ZERO,
+                            &req,
+                            false,
+                            x_cache,
+                        ));
+                    }
+                    Outcome::GoUpstream => {
+                        stats.miss();
+                        return forward(svc, req, x_cache).await;
+                    }
+                    // The leader went away before it had an answer: start over. The
+                    // first of us to get here leads; the others find its entry or
+                    // join its flight. Whatever is found now is fresh enough.
+                    Outcome::Abandoned => revalidate = false,
+                }
+            }
+        }
+    }
+}
+
+/// Calls upstream without storing.
+async fn forward<S, ReqBody, ResBody>(
+    mut svc: S,
+    req: Request<ReqBody>,
+    x_cache: bool,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+{
+    let res = svc.call(req).await?;
+    Ok(tag(res.map(CacheBody::inner), x_cache, XCache::Miss))
+}
+
+/// Calls upstream for a flight, and records the answer when it may be stored.
+async fn lead<S, ReqBody, ResBody>(
+    mut svc: S,
+    req: Request<ReqBody>,
+    mut ticket: StoreTicket,
+    shared: &Shared,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+{
+    let config = &shared.config;
+    // An `Err` drops the ticket, and its guard tells the waiters to start over.
+    let res = svc.call(req).await?;
+    let (parts, body) = res.into_parts();
+    let max = config.storage.max_body_bytes;
+    let ttl = config.storage.storable_ttl(&parts, &config.key_parts);
+    let too_large = body.size_hint().lower() > max as u64
+        || content_length(&parts.headers).is_some_and(|len| len > max as u64);
+    let body = match ttl {
+        Some(ttl) if !too_large => {
+            ticket.ttl = ttl;
+            let recorder = Recorder::new(max, parts.status, parts.headers.clone(), ticket);
+            CacheBody::tee(body, recorder)
+        }
+        _ => {
+            ticket.give_up();
+            CacheBody::inner(body)
+        }
+    };
+    Ok(tag(
+        Response::from_parts(parts, body),
+        config.x_cache,
+        XCache::Miss,
+    ))
+}
+
+/// A response from a stored entry, with `Age`, `X-Cache: HIT` and this request's id.
+fn stored_response<B, ReqBody>(
+    stored: &CachedResponse,
+    age: Duration,
+    req: &Request<ReqBody>,
+    head: bool,
+    x_cache: bool,
+) -> Response<CacheBody<B>> {
+    let body = if head {
+        Bytes::new()
+    } else {
+        stored.body.clone()
+    };
+    let mut res = Response::new(CacheBody::stored(body));
+    *res.status_mut() = stored.status;
+    *res.headers_mut() = stored.headers.clone();
+    let headers = res.headers_mut();
+    headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+    if let Some(id) = RequestId::from_parts(req.extensions(), req.headers()) {
+        headers.insert(pulse_core::request_id::X_REQUEST_ID, id.to_header_value());
+    }
+    tag(res, x_cache, XCache::Hit)
+}
