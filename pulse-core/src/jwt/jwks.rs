@@ -15,7 +15,11 @@ use hyper_util::{
     client::legacy::{Client, connect::Connect},
     rt::TokioExecutor,
 };
-use tokio::{sync::Notify, task::AbortHandle, time::Instant};
+use tokio::{
+    sync::{Notify, watch},
+    task::AbortHandle,
+    time::Instant,
+};
 
 use super::{KeySet, KeySource, VerificationKey};
 
@@ -89,6 +93,7 @@ struct Inner {
     max_bytes: usize,
     last_refetch: Mutex<Option<Instant>>,
     task: Mutex<Option<AbortHandle>>,
+    generation: watch::Sender<u64>,
 }
 
 impl Drop for Inner {
@@ -152,6 +157,7 @@ impl JwksSource {
                 max_bytes: DEFAULT_MAX_JWKS_BYTES,
                 last_refetch: Mutex::new(None),
                 task: Mutex::new(None),
+                generation: watch::Sender::new(0),
             }),
         }
     }
@@ -193,6 +199,12 @@ impl JwksSource {
     /// The keys held now.
     pub fn keys(&self) -> &KeySet {
         &self.inner.keys
+    }
+
+    /// A receiver whose value changes each time the key set is replaced (a counter of
+    /// successful fetches): to wait for a refresh, or to export it as a metric.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.generation.subscribe()
     }
 
     /// Fetch the key set now and replace the keys held; the number of usable keys.
@@ -243,6 +255,7 @@ impl Inner {
         let keys = parse_jwks(&body)?;
         let count = keys.len();
         self.keys.replace_all(keys);
+        self.generation.send_modify(|generation| *generation += 1);
         tracing::debug!(url = %self.url, keys = count, "JWKS refreshed");
         Ok(count)
     }
