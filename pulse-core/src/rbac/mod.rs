@@ -36,16 +36,17 @@
 //! ```
 
 mod future;
+mod path;
 mod require;
 mod roles;
 mod rules;
 
 pub use future::ResponseFuture;
+pub use path::{PathPattern, is_safe_path};
 pub use require::{RequirePermission, RequirePermissionLayer};
 pub use roles::{Role, RoleMap};
 pub use rules::{
-    Authorize, AuthorizeLayer, PathPattern, Requirement, Rule, RuleError, RuleTable,
-    RuleTableBuilder, is_safe_path,
+    Authorize, AuthorizeLayer, Requirement, Rule, RuleError, RuleTable, RuleTableBuilder,
 };
 
 use crate::{error::ApiError, identity::Identity};
