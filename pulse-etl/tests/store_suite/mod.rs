@@ -76,7 +76,7 @@ pub async fn creates_reads_and_lists_runs(store: Arc<dyn JobStore>) {
         [other.id, created.id]
     );
     let jira = store.list_runs(Some("jira_sync"), 10).await.unwrap();
-    assert_eq!(jira, [created.clone()]);
+    assert_eq!(jira, std::slice::from_ref(&created));
     assert_eq!(store.list_runs(None, 1).await.unwrap().len(), 1);
 
     let counts = store.count_states().await.unwrap();

@@ -1,0 +1,313 @@
+//! Test jobs and helpers shared by the engine and recovery tests.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pulse_etl::{
+    EngineConfig, Job, JobContext, JobError, JobOutput, JobStore, RetryPolicy, Run, RunId,
+    RunState, Schedule, StorePool,
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+/// How long a test waits for a state before it gives up (a safety net, not an assertion
+/// about speed).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Short leases and intervals, so recovery happens within a second or two.
+pub fn fast_config() -> EngineConfig {
+    EngineConfig::default()
+        .with_concurrency(4)
+        .with_lease(Duration::from_secs(2))
+        .with_heartbeat_interval(Duration::from_millis(200))
+        .with_sweep_interval(Duration::from_millis(200))
+        .with_poll_interval(Duration::from_millis(20))
+        .with_cancel_grace(Duration::from_millis(300))
+        .with_shutdown_grace(Duration::from_millis(300))
+}
+
+/// What a [`ScriptJob`] run does, from its params.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Script {
+    /// Steps to take; each reports progress, logs and saves a checkpoint.
+    pub steps: u64,
+    /// Sleep per step, in milliseconds.
+    pub step_ms: u64,
+    /// Fail retryably on attempts up to this number.
+    pub fail_attempts: u32,
+    /// Fail retryably at this step (on attempts up to `fail_attempts`) instead of at the start.
+    pub fail_at_step: Option<u64>,
+    /// Fail fatally.
+    pub fatal: bool,
+    /// Panic on attempts up to `fail_attempts`.
+    pub panic: bool,
+    /// Hold (wait) on attempts up to this number, until cancelled or released.
+    pub hold_attempts: u32,
+    /// While holding, ignore the cancellation token (forces an abort).
+    pub ignore_cancel: bool,
+    /// Write an output row keyed by run id when done.
+    pub write_output: bool,
+}
+
+/// Counts how many runs execute at once.
+#[derive(Debug, Default)]
+pub struct Gauge {
+    pub current: AtomicUsize,
+    pub max: AtomicUsize,
+    pub started: AtomicUsize,
+}
+
+impl Gauge {
+    fn enter(&self) {
+        let now = self.current.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        self.started.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn leave(&self) {
+        self.current.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A job whose behaviour its params script.
+#[derive(Clone)]
+pub struct ScriptJob {
+    pub name: String,
+    pub timeout: Duration,
+    pub policy: RetryPolicy,
+    pub schedule: Option<Schedule>,
+    pub gauge: Arc<Gauge>,
+    /// Holding runs wait for a permit of this semaphore (or a cancel).
+    pub release: Arc<Semaphore>,
+}
+
+impl ScriptJob {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            timeout: Duration::from_secs(60),
+            policy: RetryPolicy::default()
+                .with_initial_backoff(Duration::from_millis(20))
+                .with_max_backoff(Duration::from_millis(100)),
+            schedule: None,
+            gauge: Arc::new(Gauge::default()),
+            release: Arc::new(Semaphore::new(0)),
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn with_policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = Some(schedule);
+        self
+    }
+
+    pub fn sharing(mut self, gauge: &Arc<Gauge>, release: &Arc<Semaphore>) -> Self {
+        self.gauge = Arc::clone(gauge);
+        self.release = Arc::clone(release);
+        self
+    }
+
+    async fn script(&self, ctx: &JobContext, script: &Script) -> Result<JobOutput, JobError> {
+        let attempt = ctx.attempt();
+        if script.fatal {
+            return Err(JobError::fatal("bad credentials"));
+        }
+        if script.panic && attempt <= script.fail_attempts {
+            panic!("script panic on attempt {attempt}");
+        }
+        if script.fail_at_step.is_none() && attempt <= script.fail_attempts {
+            return Err(JobError::retryable(format!(
+                "HTTP 503 on attempt {attempt}"
+            )));
+        }
+        if attempt <= script.hold_attempts {
+            if script.ignore_cancel {
+                let _permit = self.release.acquire().await;
+            } else {
+                tokio::select! {
+                    _ = self.release.acquire() => {}
+                    () = ctx.cancelled() => return Err(JobError::Cancelled),
+                }
+            }
+        }
+        let resume_from = ctx.checkpoint_as::<u64>().unwrap_or(0);
+        for step in resume_from + 1..=script.steps {
+            ctx.check_cancelled()?;
+            if script.fail_at_step == Some(step) && attempt <= script.fail_attempts {
+                return Err(JobError::retryable(format!("failed at step {step}")));
+            }
+            if script.step_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(script.step_ms)).await;
+            }
+            ctx.progress(step, Some(script.steps), format!("step {step}"))
+                .await?;
+            ctx.info(format!("step {step} done")).await?;
+            ctx.set_checkpoint(step).await?;
+        }
+        if script.write_output {
+            ctx.store().check_fence(&ctx.fence()).await?;
+            write_output(&ctx.pool(), ctx.run_id(), attempt)
+                .await
+                .map_err(|err| JobError::retryable(err.to_string()))?;
+        }
+        Ok(JobOutput::new(json!({
+            "attempt": attempt,
+            "resumed_from": resume_from,
+        })))
+    }
+}
+
+impl Job for ScriptJob {
+    type Params = Script;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        self.policy
+    }
+
+    fn schedule(&self) -> Option<Schedule> {
+        self.schedule.clone()
+    }
+
+    async fn run(&self, ctx: JobContext) -> Result<JobOutput, JobError> {
+        let script: Script = ctx.params()?;
+        self.gauge.enter();
+        let result = self.script(&ctx, &script).await;
+        self.gauge.leave();
+        result
+    }
+}
+
+/// Creates the table test jobs load their output into (idempotently, keyed by run).
+pub async fn create_output_table(store: &dyn JobStore) {
+    match store.pool() {
+        StorePool::Sqlite(pool) => {
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS test_outputs (run_id TEXT PRIMARY KEY, \
+                 attempt INTEGER NOT NULL, writes INTEGER NOT NULL)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        StorePool::Postgres(pool) => {
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS test_outputs (run_id TEXT PRIMARY KEY, \
+                 attempt INTEGER NOT NULL, writes INTEGER NOT NULL)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        _ => unreachable!("unknown store"),
+    }
+}
+
+async fn write_output(pool: &StorePool, run_id: RunId, attempt: u32) -> Result<(), sqlx::Error> {
+    let sql = "INSERT INTO test_outputs (run_id, attempt, writes) VALUES ($1, $2, 1) \
+               ON CONFLICT (run_id) DO UPDATE SET attempt = excluded.attempt, \
+               writes = test_outputs.writes + 1";
+    match pool {
+        StorePool::Sqlite(pool) => {
+            sqlx::query(sql)
+                .bind(run_id.to_string())
+                .bind(i64::from(attempt))
+                .execute(pool)
+                .await?;
+        }
+        StorePool::Postgres(pool) => {
+            sqlx::query(sql)
+                .bind(run_id.to_string())
+                .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+                .execute(pool)
+                .await?;
+        }
+        _ => unreachable!("unknown store"),
+    }
+    Ok(())
+}
+
+/// How many times each run's output was written: `(run_id, writes)`.
+pub async fn output_writes(store: &dyn JobStore, run_id: RunId) -> i64 {
+    let sql = "SELECT COALESCE(SUM(writes), 0) FROM test_outputs WHERE run_id = $1";
+    match store.pool() {
+        StorePool::Sqlite(pool) => sqlx::query_scalar(sql)
+            .bind(run_id.to_string())
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        StorePool::Postgres(pool) => sqlx::query_scalar::<_, i64>(
+            "SELECT COALESCE(SUM(writes), 0)::bigint FROM test_outputs WHERE run_id = $1",
+        )
+        .bind(run_id.to_string())
+        .fetch_one(&pool)
+        .await
+        .unwrap(),
+        _ => unreachable!("unknown store"),
+    }
+}
+
+/// Polls the store until the run satisfies `done`; panics with the run after [`PATIENCE`].
+pub async fn wait_for_run(
+    store: &dyn JobStore,
+    run_id: RunId,
+    what: &str,
+    done: impl Fn(&Run) -> bool,
+) -> Run {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let run = store.get_run(run_id).await.unwrap();
+        if let Some(run) = &run
+            && done(run)
+        {
+            return run.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}: {run:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the run reaches `state`.
+pub async fn wait_for_state(store: &dyn JobStore, run_id: RunId, state: RunState) -> Run {
+    wait_for_run(store, run_id, state.as_str(), |run| run.state == state).await
+}
+
+/// Waits until `check` holds, polling; panics after [`PATIENCE`].
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
