@@ -37,13 +37,20 @@ fn failing() -> Inner {
 }
 
 fn pulse(inner: Inner) -> CircuitBreaker<Inner> {
-    let breaker = Breaker::new(
+    CircuitBreaker::new(inner, pulse_breaker())
+}
+
+fn pulse_static(inner: Inner) -> CircuitBreaker<Inner> {
+    CircuitBreaker::new(inner, pulse_breaker().into_static())
+}
+
+fn pulse_breaker() -> Breaker {
+    Breaker::new(
         BreakerConfig::default()
             .with_consecutive_failures(Some(5))
             .with_backoff(pulse_breaker::Backoff::constant(Duration::from_secs(3600))),
     )
-    .expect("valid configuration");
-    CircuitBreaker::new(inner, breaker)
+    .expect("valid configuration")
 }
 
 fn resilience<S>(
@@ -100,9 +107,21 @@ fn closed(c: &mut Criterion) {
             }
         })
     });
+    let fast = pulse_breaker().into_static();
+    group.bench_function("pulse-breaker try_acquire+record (into_static)", |b| {
+        b.iter(|| {
+            if let Ok(permit) = black_box(&fast).try_acquire() {
+                permit.record(black_box(Outcome::Success));
+            }
+        })
+    });
     let mut p = pulse(inner());
     group.bench_function("pulse-breaker", |b| {
         b.iter_custom(|iters| run(&rt, &mut p, iters))
+    });
+    let mut ps = pulse_static(inner());
+    group.bench_function("pulse-breaker (into_static)", |b| {
+        b.iter_custom(|iters| run(&rt, &mut ps, iters))
     });
     let mut r = resilience(inner());
     group.bench_function("tower-resilience", |b| {
@@ -153,6 +172,10 @@ fn contended(c: &mut Criterion) {
     let p = pulse(inner());
     group.bench_function("pulse-breaker", |b| {
         b.iter_custom(|iters| contended_run(&p, iters))
+    });
+    let ps = pulse_static(inner());
+    group.bench_function("pulse-breaker (into_static)", |b| {
+        b.iter_custom(|iters| contended_run(&ps, iters))
     });
     let r = resilience(inner());
     group.bench_function("tower-resilience", |b| {

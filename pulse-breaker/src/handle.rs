@@ -27,7 +27,33 @@ use crate::state::{Core, Permit, Snapshot, State};
 /// ```
 #[derive(Clone)]
 pub struct Breaker {
-    pub(crate) core: Arc<Core>,
+    pub(crate) core: CoreRef,
+}
+
+/// Shared ownership of the state machine: counted, or leaked for the process lifetime
+/// (see [`Breaker::into_static`]), which spares two atomic operations per call.
+#[derive(Clone)]
+pub(crate) enum CoreRef {
+    Counted(Arc<Core>),
+    Static(&'static Core),
+}
+
+impl std::ops::Deref for CoreRef {
+    type Target = Core;
+
+    #[inline]
+    fn deref(&self) -> &Core {
+        match self {
+            Self::Counted(core) => core,
+            Self::Static(core) => core,
+        }
+    }
+}
+
+impl CoreRef {
+    fn ptr(&self) -> *const Core {
+        &**self
+    }
 }
 
 impl Breaker {
@@ -38,8 +64,38 @@ impl Breaker {
     pub fn new(config: BreakerConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
-            core: Arc::new(Core::new(&config)),
+            core: CoreRef::Counted(Arc::new(Core::new(&config))),
         })
+    }
+
+    /// The same circuit, kept alive until the process exits: this handle, its clones
+    /// and the calls they admit no longer touch a reference count, which saves two
+    /// atomic read-modify-writes (about 20 ns on a small VM) per call.
+    ///
+    /// Meant for breakers created once at start-up; each call of this method keeps the
+    /// circuit's memory (a few hundred bytes plus the window) for good, so never call
+    /// it per request or per connection.
+    ///
+    /// ```
+    /// use pulse_breaker::{Breaker, State};
+    ///
+    /// let shared = Breaker::default();
+    /// let fast = shared.clone().into_static();
+    /// fast.force_open();
+    /// assert!(fast.same_as(&shared));
+    /// assert_eq!(shared.state(), State::ForcedOpen);
+    /// ```
+    #[must_use]
+    pub fn into_static(self) -> Self {
+        match self.core {
+            CoreRef::Counted(core) => {
+                let kept: &'static Arc<Core> = Box::leak(Box::new(core));
+                Self {
+                    core: CoreRef::Static(kept),
+                }
+            }
+            CoreRef::Static(_) => self,
+        }
     }
 
     /// The current state.
@@ -93,7 +149,7 @@ impl Breaker {
     /// Whether both handles steer the same circuit.
     #[must_use]
     pub fn same_as(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.core, &other.core)
+        std::ptr::eq(self.core.ptr(), other.core.ptr())
     }
 }
 
@@ -101,7 +157,7 @@ impl Default for Breaker {
     /// A breaker with the [default configuration](BreakerConfig::default).
     fn default() -> Self {
         Self {
-            core: Arc::new(Core::new(&BreakerConfig::default())),
+            core: CoreRef::Counted(Arc::new(Core::new(&BreakerConfig::default()))),
         }
     }
 }
@@ -120,7 +176,7 @@ impl fmt::Debug for Breaker {
 /// the call was cancelled: it is ignored and frees its half-open probe slot.
 #[must_use = "dropping a permit records a cancellation"]
 pub struct CallPermit {
-    core: Arc<Core>,
+    core: CoreRef,
     permit: Permit,
     done: bool,
 }

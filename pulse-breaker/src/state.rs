@@ -140,8 +140,10 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// How a call was admitted.
+/// How a call was admitted. Word-sized, like every field of [`Permit`], so that the
+/// permit moves as whole words (no partial-store forwarding stalls on the hot path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
 pub(crate) enum Admission {
     Closed,
     Probe,
@@ -152,10 +154,13 @@ pub(crate) enum Admission {
 /// What an admitted call must report back.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Permit {
-    pub(crate) generation: u32,
+    pub(crate) generation: u64,
     pub(crate) admission: Admission,
-    pub(crate) start: Option<Instant>,
+    /// Nanoseconds since the breaker's origin when admitted, or `NO_START`.
+    pub(crate) start_ns: u64,
 }
+
+const NO_START: u64 = u64::MAX;
 
 /// A point-in-time view of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -230,6 +235,16 @@ impl Core {
         }
     }
 
+    fn now_ns(&self) -> u64 {
+        u64::try_from(
+            self.clock
+                .now()
+                .saturating_duration_since(self.origin)
+                .as_nanos(),
+        )
+        .unwrap_or(NO_START - 1)
+    }
+
     fn now_ms(&self) -> u64 {
         millis(self.clock.now().saturating_duration_since(self.origin))
     }
@@ -237,9 +252,13 @@ impl Core {
     #[inline]
     fn permit(&self, generation: u32, admission: Admission) -> Permit {
         Permit {
-            generation,
+            generation: u64::from(generation),
             admission,
-            start: self.slow_call_threshold.map(|_| self.clock.now()),
+            start_ns: if self.slow_call_threshold.is_some() {
+                self.now_ns()
+            } else {
+                NO_START
+            },
         }
     }
 
@@ -258,9 +277,9 @@ impl Core {
                 METRICS_ONLY => return Ok(self.permit(generation, Admission::MetricsOnly)),
                 DISABLED => {
                     return Ok(Permit {
-                        generation,
+                        generation: u64::from(generation),
                         admission: Admission::Passthrough,
-                        start: None,
+                        start_ns: NO_START,
                     });
                 }
                 FORCED_OPEN => return Err(self.reject(State::ForcedOpen, None)),
@@ -386,12 +405,13 @@ impl Core {
     /// The call admitted with `permit` finished with `outcome`.
     #[inline]
     pub(crate) fn complete(&self, permit: &Permit, outcome: Outcome) {
-        let slow = match (self.slow_call_threshold, permit.start) {
-            (Some(threshold), Some(start)) if outcome != Outcome::Ignore => {
-                self.clock.now().saturating_duration_since(start) >= threshold
+        let slow = match self.slow_call_threshold {
+            Some(threshold) if permit.start_ns != NO_START && outcome != Outcome::Ignore => {
+                Duration::from_nanos(self.now_ns().saturating_sub(permit.start_ns)) >= threshold
             }
             _ => false,
         };
+        let generation = permit.generation as u32;
         if let Some(observer) = &self.observer {
             observer.on_outcome(outcome, slow);
         }
@@ -399,17 +419,17 @@ impl Core {
             return;
         }
         let word = self.state.load(Ordering::Acquire);
-        if gen_of(word) != permit.generation {
+        if gen_of(word) != generation {
             self.stale.fetch_add(1, Ordering::Relaxed);
             return;
         }
         match permit.admission {
             Admission::Probe => match outcome {
-                Outcome::Ignore => self.release_probe(permit.generation),
+                Outcome::Ignore => self.release_probe(generation),
                 Outcome::Failure => self.trip(word),
                 Outcome::Success if slow => self.trip(word),
                 Outcome::Success => {
-                    if self.probe_succeeded(permit.generation) {
+                    if self.probe_succeeded(generation) {
                         self.close(word);
                     }
                 }
@@ -447,9 +467,9 @@ impl Core {
     /// The call admitted with `permit` was dropped before it finished.
     pub(crate) fn cancel(&self, permit: &Permit) {
         if permit.admission == Admission::Probe
-            && gen_of(self.state.load(Ordering::Acquire)) == permit.generation
+            && u64::from(gen_of(self.state.load(Ordering::Acquire))) == permit.generation
         {
-            self.release_probe(permit.generation);
+            self.release_probe(permit.generation as u32);
         }
     }
 

@@ -165,10 +165,22 @@ impl CountWindow {
     #[inline]
     fn record(&self, failure: bool, slow: bool) {
         let new = RECORDED | if failure { FAILED } else { 0 } | if slow { SLOW } else { 0 };
+        // A full window of successes stays the same multiset when a success evicts
+        // one of them, whichever slot it lands in: the healthy steady state records
+        // without any read-modify-write.
+        if new == RECORDED && self.totals.load(Ordering::Relaxed) == u64::from(self.len) {
+            return;
+        }
         let index = self.slot_of(self.cursor.fetch_add(1, Ordering::Relaxed));
         let Some(slot) = self.slots.get(index) else {
             return;
         };
+        // In the steady state the evicted outcome usually equals the new one: a plain
+        // load then saves the read-modify-write (a racing recorder's swap still sees
+        // and accounts for whatever this slot holds).
+        if slot.load(Ordering::Relaxed) == new {
+            return;
+        }
         let old = slot.swap(new, Ordering::Relaxed);
         if old != new {
             let delta = weight(new).wrapping_sub(weight(old));
