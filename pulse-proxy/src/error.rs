@@ -200,6 +200,12 @@ impl ProxyError {
                     },
                 };
             }
+            #[cfg(feature = "breaker")]
+            if let Some(open) = e.downcast_ref::<pulse_breaker::BreakerOpen>() {
+                return Self::CircuitOpen {
+                    retry_after: open.retry_after(),
+                };
+            }
             if let Some(client) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
                 connect |= client.is_connect();
             }

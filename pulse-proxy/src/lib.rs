@@ -100,8 +100,9 @@
 //! | `http` | yes | [`transport::HttpTransport`], the pooled hyper-util client |
 //! | `unix` | yes | [`transport::UnixTransport`] (unix only) |
 //! | `tls` | no | `HttpTransport::https`: rustls to `https://` upstreams |
-//! | `retry` | no | [`retry::RetryLayer`]: budgeted retries of safe requests |
-//! | `balance` | no | [`balance`]: p2c load balancing with a breaker per upstream |
+//! | `retry` | yes | [`retry::RetryLayer`]: budgeted retries of safe requests |
+//! | `breaker` | yes | pulse-breaker's `BreakerOpen` (from a breaker around the transport) becomes [`ProxyError::CircuitOpen`]: 503 + `Retry-After` |
+//! | `balance` | yes | [`balance`]: p2c load balancing with a breaker per upstream (implies `breaker`) |
 //! | `axum` | no | the client address from axum's `ConnectInfo<SocketAddr>` |
 //! | `full` | no | all of the above |
 #![warn(missing_docs)]
@@ -120,6 +121,8 @@ mod service;
 pub mod transport;
 mod upgrade;
 
+#[cfg(feature = "balance")]
+pub mod balance;
 #[cfg(feature = "retry")]
 pub mod retry;
 

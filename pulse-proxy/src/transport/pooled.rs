@@ -9,7 +9,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{
+    Request, Response, Uri,
+    uri::{Authority, Scheme},
+};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -36,6 +39,7 @@ pub struct HttpTransport<B, C = HttpConnector> {
     client: Client<C, B>,
     in_flight: Arc<Semaphore>,
     config: TransportConfig,
+    pinned: Option<(Scheme, Authority)>,
 }
 
 impl<B, C: Clone> Clone for HttpTransport<B, C> {
@@ -44,6 +48,7 @@ impl<B, C: Clone> Clone for HttpTransport<B, C> {
             client: self.client.clone(),
             in_flight: Arc::clone(&self.in_flight),
             config: self.config.clone(),
+            pinned: self.pinned.clone(),
         }
     }
 }
@@ -118,11 +123,22 @@ where
             client,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             config,
+            pinned: None,
         }
     }
 }
 
 impl<B, C> HttpTransport<B, C> {
+    /// Send every request to `upstream`'s scheme and authority, whatever its URI says
+    /// (the `Host` header is left alone). For one transport per instance under
+    /// [`balance`](crate::balance). A URI without scheme or authority is ignored.
+    #[must_use]
+    pub fn with_upstream(mut self, upstream: Uri) -> Self {
+        let parts = upstream.into_parts();
+        self.pinned = parts.scheme.zip(parts.authority);
+        self
+    }
+
     /// The settings.
     pub const fn config(&self) -> &TransportConfig {
         &self.config
@@ -150,15 +166,32 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some((scheme, authority)) = &self.pinned {
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = Some(scheme.clone());
+            parts.authority = Some(authority.clone());
+            match Uri::from_parts(parts) {
+                Ok(uri) => *req.uri_mut() = uri,
+                Err(_) => {
+                    return TransportFuture {
+                        inner: None,
+                        permit: None,
+                        error: Some(ProxyError::Protocol),
+                    };
+                }
+            }
+        }
         match Arc::clone(&self.in_flight).try_acquire_owned() {
             Ok(permit) => TransportFuture {
                 inner: Some(self.client.request(req)),
                 permit: Some(permit),
+                error: None,
             },
             Err(_) => TransportFuture {
                 inner: None,
                 permit: None,
+                error: Some(ProxyError::PoolExhausted),
             },
         }
     }
@@ -168,6 +201,7 @@ where
 pub struct TransportFuture {
     inner: Option<ClientFuture>,
     permit: Option<OwnedSemaphorePermit>,
+    error: Option<ProxyError>,
 }
 
 impl fmt::Debug for TransportFuture {
@@ -181,7 +215,7 @@ impl Future for TransportFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(Err(ProxyError::PoolExhausted));
+            return Poll::Ready(Err(self.error.take().unwrap_or(ProxyError::PoolExhausted)));
         };
         match Pin::new(inner).poll(cx) {
             Poll::Pending => Poll::Pending,
