@@ -142,8 +142,8 @@ fn path_segments(path: &str) -> impl Iterator<Item = &str> {
 /// Refused: a path not starting with `/`; empty segments (`//`; one trailing slash is
 /// allowed); `.` and `..` segments; `\` and `;` anywhere; percent-encodings that are
 /// malformed or encode an unreserved character (`%2e`, `%73`, …: a normalised path
-/// never encodes those), a separator (`%2f`, `%5c`), `%` itself (double encoding) or
-/// a control character.
+/// never encodes those), a separator (`%2f`, `%5c`), `%` itself (double encoding), a
+/// control character, or the lead byte of an overlong UTF-8 form (`%c0`, `%c1`).
 pub fn is_safe_path(path: &str) -> bool {
     let Some(body) = path.strip_prefix('/') else {
         return false;
@@ -171,9 +171,14 @@ fn is_safe_segment(segment: &str) -> bool {
                 };
                 // Both digits are < 16, so this fits a byte.
                 let decoded = (high * 16 + low) as u8;
+                // 0xC0/0xC1 only start overlong UTF-8 forms (`%c0%ae` for `.`), which
+                // lenient decoders still turn into ASCII.
                 if decoded.is_ascii_alphanumeric()
                     || decoded.is_ascii_control()
-                    || matches!(decoded, b'-' | b'.' | b'_' | b'~' | b'/' | b'\\' | b'%')
+                    || matches!(
+                        decoded,
+                        b'-' | b'.' | b'_' | b'~' | b'/' | b'\\' | b'%' | 0xC0 | 0xC1
+                    )
                 {
                     return false;
                 }

@@ -140,6 +140,8 @@ fn normalisation_tricks_are_refused_or_matched_strictly() {
         "/api/etl/jobs/x/start;jsessionid=1",
         "/api/etl/jobs/x/%252e%252e/start",
         "/api/etl/jobs/x/%00/start",
+        "/api/etl/jobs/x/%c0%ae%c0%ae/start",
+        "/api/etl/jobs/x/%C1%9C",
         "/api/etl/jobs/%zz/start",
         "/api/etl/jobs/%4",
         "*",
