@@ -95,6 +95,22 @@ impl BreakerOpen {
     }
 }
 
+impl BreakerOpen {
+    /// [`to_http_response`](Self::to_http_response) with the request id read from the
+    /// request's `X-Request-ID` header.
+    #[must_use]
+    pub fn to_http_response_for<B: From<String>, ReqBody>(
+        &self,
+        request: &Request<ReqBody>,
+    ) -> Response<B> {
+        let request_id = request
+            .headers()
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok());
+        self.to_http_response(request_id)
+    }
+}
+
 fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -114,9 +130,36 @@ fn push_json_string(out: &mut String, s: &str) {
 }
 
 /// What a breaker service answers when it rejects a call.
+///
+/// Implemented by [`RejectWithError`], [`RejectWith503`] and any
+/// `Fn(&Req, BreakerOpen) -> Result<Res, BoxError> + Clone`, e.g. to build the 503 with
+/// a body type that is not `From<String>`:
+///
+/// ```
+/// use pulse_breaker::{BoxError, BreakerOpen, Rejection};
+///
+/// let as_bytes = |request: &http::Request<()>, open: BreakerOpen| {
+///     let response: http::Response<String> = open.to_http_response_for(request);
+///     Ok::<_, BoxError>(response.map(String::into_bytes))
+/// };
+/// let open = pulse_breaker::Breaker::default();
+/// open.force_open();
+/// let rejected = open.try_acquire().expect_err("forced open");
+/// let response = as_bytes.reject(&http::Request::new(()), rejected).expect("a response");
+/// assert_eq!(response.status(), 503);
+/// ```
 pub trait Rejection<Req, Res> {
     /// The result of the rejected `request`.
     fn reject(&self, request: &Req, open: BreakerOpen) -> Result<Res, BoxError>;
+}
+
+impl<Req, Res, F> Rejection<Req, Res> for F
+where
+    F: Fn(&Req, BreakerOpen) -> Result<Res, BoxError>,
+{
+    fn reject(&self, request: &Req, open: BreakerOpen) -> Result<Res, BoxError> {
+        self(request, open)
+    }
 }
 
 /// Rejects with `Err(BreakerOpen)` (boxed): for any service; the caller downcasts.
@@ -143,11 +186,7 @@ impl<ReqBody, ResBody: From<String>> Rejection<Request<ReqBody>, Response<ResBod
         request: &Request<ReqBody>,
         open: BreakerOpen,
     ) -> Result<Response<ResBody>, BoxError> {
-        let request_id = request
-            .headers()
-            .get(X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok());
-        Ok(open.to_http_response(request_id))
+        Ok(open.to_http_response_for(request))
     }
 }
 

@@ -173,3 +173,38 @@ mod metrics_observer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[allow(unused_imports)]
+    use super::*;
+
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn metrics_observer_records_without_a_recorder() {
+        // With no global recorder installed the handles are no-ops: this checks the
+        // observer builds and runs on every path.
+        let observer = MetricsObserver::new("etl");
+        observer.on_outcome(Outcome::Failure, true);
+        observer.on_outcome(Outcome::Success, false);
+        observer.on_outcome(Outcome::Ignore, false);
+        observer.on_rejected(State::Open);
+        observer.on_transition(State::Closed, State::Open);
+    }
+
+    #[cfg(feature = "tracing")]
+    #[test]
+    fn tracing_observer_logs_every_event() {
+        let observer = TracingObserver::new("etl");
+        observer.on_transition(State::Closed, State::Open);
+        observer.on_transition(State::HalfOpen, State::Closed);
+        observer.on_outcome(Outcome::Failure, false);
+        observer.on_rejected(State::Open);
+    }
+
+    #[test]
+    fn noop_observer_is_an_observer() {
+        fn takes(_: impl Observer) {}
+        takes(NoopObserver);
+    }
+}
