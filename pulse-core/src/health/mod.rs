@@ -8,6 +8,9 @@
 //! would carry host names, SQL or credentials into it. Log the detail from the check
 //! instead.
 //!
+//! [`ServiceCheck`] checks an HTTP dependency (`GET /health` → 2xx) through any tower
+//! service, and [`HealthService`] serves the report (mount it at `/health`).
+//!
 //! ```
 //! use std::time::Duration;
 //!
@@ -31,10 +34,12 @@
 //! # }
 //! ```
 
+mod checks;
 mod service;
 #[cfg(test)]
 mod tests;
 
+pub use checks::ServiceCheck;
 pub use service::{HealthService, ResponseFuture};
 
 use std::{

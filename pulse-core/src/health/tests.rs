@@ -146,3 +146,50 @@ async fn mounts_in_an_axum_router() {
     let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(body["services"]["etl_service"]["reason"], "down");
 }
+
+#[tokio::test(start_paused = true)]
+async fn service_check_maps_status_and_errors() {
+    use std::convert::Infallible;
+
+    use http_body_util::Empty;
+    use tower::service_fn;
+
+    let upstream = service_fn(|req: Request<Empty<Bytes>>| async move {
+        let status = match req.uri().path() {
+            "/health" => StatusCode::OK,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut res = Response::new(Full::new(Bytes::new()));
+        *res.status_mut() = status;
+        Ok::<_, Infallible>(res)
+    });
+    let failing = service_fn(|_req: Request<Empty<Bytes>>| async {
+        Err::<Response<Full<Bytes>>, _>("connection refused to 10.0.0.7:8001")
+    });
+    let report = HealthAggregator::new()
+        .with_check(
+            "up",
+            ServiceCheck::new(upstream, "http://etl/health".parse().unwrap()),
+        )
+        .with_check(
+            "down",
+            ServiceCheck::new(upstream, "http://etl/nope".parse().unwrap()),
+        )
+        .with_check(
+            "refused",
+            ServiceCheck::new(failing, "http://etl/health".parse().unwrap()),
+        )
+        .check()
+        .await;
+    assert_eq!(report.services["up"].health, Health::Healthy);
+    assert_eq!(
+        report.services["down"].health,
+        Health::unhealthy("unexpected status")
+    );
+    assert_eq!(
+        report.services["refused"].health,
+        Health::unhealthy("unreachable")
+    );
+    let body = String::from_utf8(report.to_json().to_vec()).unwrap();
+    assert!(!body.contains("10.0.0.7"), "{body}");
+}
