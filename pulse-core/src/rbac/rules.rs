@@ -300,6 +300,10 @@ impl RuleTableBuilder {
 /// Runs after the authentication layer (which puts the [`Identity`] in extensions)
 /// and before anything that acts on the request. Unsafe path, no matching rule or a
 /// missing permission → 403 `forbidden`; a non-public rule without identity → 401.
+///
+/// [`Requirement::Public`] rules let anonymous requests through only if the
+/// authentication layer in front does too; routes such as login are usually mounted
+/// beside the authenticated stack instead, and then need no rule here.
 #[derive(Clone, Debug)]
 pub struct AuthorizeLayer {
     table: Arc<RuleTable>,
