@@ -88,6 +88,11 @@ impl<S> InternalCredential<S> {
         Self { inner, layer }
     }
 
+    /// An empty [`InternalCredentialLayer`] to configure.
+    pub fn layer() -> InternalCredentialLayer {
+        InternalCredentialLayer::new()
+    }
+
     /// The inner service.
     pub const fn get_ref(&self) -> &S {
         &self.inner

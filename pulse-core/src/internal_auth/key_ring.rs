@@ -14,6 +14,10 @@ use super::{
     Authenticated, Caller, CallerKind, CredentialOutcome, CredentialVerifier, X_INTERNAL_AUTH,
 };
 
+/// The environment variable Pulse services read their key ring from
+/// (`id:secret,id:secret`, the first entry being the key sent).
+pub const INTERNAL_KEYS_ENV: &str = "PULSE_INTERNAL_KEYS";
+
 /// The shortest internal key accepted: 32 bytes.
 pub const MIN_INTERNAL_KEY_BYTES: usize = 32;
 
@@ -135,7 +139,7 @@ impl KeyRing {
         Ok(ring)
     }
 
-    /// Parse the environment variable `var` (e.g. `PULSE_INTERNAL_KEYS`).
+    /// Parse the environment variable `var` (usually [`INTERNAL_KEYS_ENV`]).
     pub fn from_env(var: &str) -> Result<Self, KeyRingError> {
         let spec = std::env::var(var).map_err(|_| KeyRingError::MissingEnv(var.to_owned()))?;
         Self::parse(&spec)

@@ -76,7 +76,7 @@ mod service;
 mod token;
 
 pub use client::{InternalCredential, InternalCredentialLayer};
-pub use key_ring::{KeyRing, KeyRingError, MIN_INTERNAL_KEY_BYTES};
+pub use key_ring::{INTERNAL_KEYS_ENV, KeyRing, KeyRingError, MIN_INTERNAL_KEY_BYTES};
 pub use layer::InternalAuthLayer;
 pub use paths::InvalidExemptPath;
 pub use service::InternalAuth;
@@ -89,6 +89,10 @@ pub use crate::jwt::ResponseFuture;
 pub const X_INTERNAL_AUTH: HeaderName = HeaderName::from_static("x-internal-auth");
 /// `x-internal-token`: a signed internal token.
 pub const X_INTERNAL_TOKEN: HeaderName = HeaderName::from_static("x-internal-token");
+/// The headers that carry internal credentials. Mark them sensitive before any
+/// logging layer (e.g. tower-http's `SetSensitiveRequestHeadersLayer`), and never
+/// let them in from outside (the gateway strips every `X-Internal-*` header).
+pub const CREDENTIAL_HEADERS: [HeaderName; 2] = [X_INTERNAL_AUTH, X_INTERNAL_TOKEN];
 /// The `typ` header of internal tokens.
 pub const INTERNAL_TOKEN_TYPE: &str = "pulse-internal+jwt";
 /// The default lifetime of a minted internal token: 60 seconds.

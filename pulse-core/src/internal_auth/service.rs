@@ -26,6 +26,11 @@ impl<S> InternalAuth<S> {
         Self { inner, layer }
     }
 
+    /// An [`InternalAuthLayer`] accepting credentials `verifier` finds valid.
+    pub fn layer(verifier: impl super::CredentialVerifier) -> InternalAuthLayer {
+        InternalAuthLayer::new(verifier)
+    }
+
     /// The inner service.
     pub const fn get_ref(&self) -> &S {
         &self.inner

@@ -1,10 +1,6 @@
-//! Keys, each pinned to one algorithm, and the sets verifiers pick them from.
+//! Keys, each pinned to one algorithm.
 
-use std::{
-    collections::HashMap,
-    fmt,
-    sync::{Arc, RwLock},
-};
+use std::{fmt, sync::Arc};
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
 
@@ -63,9 +59,17 @@ fn invalid(kind: &'static str) -> impl FnOnce(jsonwebtoken::errors::Error) -> Ke
 /// ```
 #[derive(Clone)]
 pub struct VerificationKey {
-    kid: Option<Arc<str>>,
+    pub(super) kid: Option<Arc<str>>,
     alg: Algorithm,
+    /// Shared: key sources hand out clones on every request.
+    verifying: Arc<Verifying>,
+}
+
+struct Verifying {
     key: DecodingKey,
+    /// jsonwebtoken's validation reduced to the signature and the pinned algorithm,
+    /// built once per key.
+    validation: jsonwebtoken::Validation,
 }
 
 impl VerificationKey {
@@ -171,10 +175,18 @@ impl VerificationKey {
         // A verifier is built from the key here exactly as at verification time; a
         // key the provider cannot use fails now instead of on every request.
         jsonwebtoken::crypto::verify("", b"", &key, alg).map_err(invalid(kind))?;
+        // The time and audience checks are the verifier's own (injectable clock,
+        // lifetime, strict types); jsonwebtoken checks signature and algorithm only.
+        let mut validation = jsonwebtoken::Validation::new(alg);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.leeway = 0;
         Ok(Self {
             kid: None,
             alg,
-            key,
+            verifying: Arc::new(Verifying { key, validation }),
         })
     }
 
@@ -195,8 +207,12 @@ impl VerificationKey {
         self.alg
     }
 
-    pub(crate) const fn decoding_key(&self) -> &DecodingKey {
-        &self.key
+    pub(crate) fn decoding_key(&self) -> &DecodingKey {
+        &self.verifying.key
+    }
+
+    pub(crate) fn validation(&self) -> &jsonwebtoken::Validation {
+        &self.verifying.validation
     }
 }
 
@@ -307,179 +323,6 @@ impl fmt::Debug for SigningKey {
     }
 }
 
-/// Where a verifier finds the key for a token.
-///
-/// [`KeySet`] holds configured keys; with the `jwks` feature,
-/// [`JwksSource`](super::JwksSource) holds keys fetched from a URL.
-pub trait KeySource: Send + Sync + 'static {
-    /// The key for this `kid`. A token without `kid` gets the only key when exactly
-    /// one is configured, and none otherwise.
-    fn key(&self, kid: Option<&str>) -> Option<VerificationKey>;
-
-    /// Called when a token names a `kid` this source does not know. Sources that
-    /// can refresh (JWKS) do so here, at a bounded rate and without blocking.
-    fn on_unknown_kid(&self, kid: &str) {
-        let _ = kid;
-    }
-}
-
-/// A set of verification keys by `kid`, changeable at run time for rotation without
-/// downtime: add the new key, start signing with it, remove the old one once its
-/// tokens have expired. Clones share the same set.
-///
-/// ```
-/// use pulse_core::jwt::{KeySet, KeySource, VerificationKey};
-///
-/// let keys = KeySet::new()
-///     .with_key(VerificationKey::hmac([1u8; 32]).unwrap().with_kid("old"));
-/// keys.insert(VerificationKey::hmac([2u8; 32]).unwrap().with_kid("new"));
-/// assert!(keys.key(Some("old")).is_some());
-/// keys.remove("old");
-/// assert!(keys.key(Some("old")).is_none());
-/// assert!(keys.key(None).is_some()); // the only key left
-/// ```
-#[derive(Clone, Default)]
-pub struct KeySet {
-    keys: Arc<RwLock<Keys>>,
-}
-
-#[derive(Default)]
-struct Keys {
-    by_kid: HashMap<Arc<str>, VerificationKey>,
-    /// A key configured without a `kid`; only tokens without `kid` can select it.
-    unnamed: Option<VerificationKey>,
-}
-
-impl Keys {
-    fn len(&self) -> usize {
-        self.by_kid.len() + usize::from(self.unnamed.is_some())
-    }
-}
-
-impl KeySet {
-    /// An empty set.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Add a key (builder form of [`KeySet::insert`]).
-    #[must_use]
-    pub fn with_key(self, key: VerificationKey) -> Self {
-        self.insert(key);
-        self
-    }
-
-    /// Add or replace a key (by `kid`; a key without `kid` replaces the unnamed one).
-    pub fn insert(&self, key: VerificationKey) {
-        let mut keys = self.write();
-        match key.kid.clone() {
-            Some(kid) => {
-                keys.by_kid.insert(kid, key);
-            }
-            None => keys.unnamed = Some(key),
-        }
-    }
-
-    /// Remove the key with this `kid`; whether there was one.
-    pub fn remove(&self, kid: &str) -> bool {
-        self.write().by_kid.remove(kid).is_some()
-    }
-
-    /// Replace every key at once.
-    pub fn replace_all(&self, new_keys: impl IntoIterator<Item = VerificationKey>) {
-        let mut fresh = Keys::default();
-        for key in new_keys {
-            match key.kid.clone() {
-                Some(kid) => {
-                    fresh.by_kid.insert(kid, key);
-                }
-                None => fresh.unnamed = Some(key),
-            }
-        }
-        *self.write() = fresh;
-    }
-
-    /// How many keys the set holds.
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The key ids in the set.
-    pub fn kids(&self) -> Vec<String> {
-        self.read().by_kid.keys().map(|k| k.to_string()).collect()
-    }
-
-    // A poisoned lock only means a writer panicked mid-insert of a whole value; the
-    // map is still consistent, so keep serving.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
-        self.keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Keys> {
-        self.keys
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-impl KeySource for KeySet {
-    fn key(&self, kid: Option<&str>) -> Option<VerificationKey> {
-        let keys = self.read();
-        match kid {
-            Some(kid) => keys.by_kid.get(kid).cloned(),
-            None if keys.len() == 1 => keys
-                .unnamed
-                .clone()
-                .or_else(|| keys.by_kid.values().next().cloned()),
-            None => None,
-        }
-    }
-}
-
-/// A single key: selected by its own `kid`, or by a token without `kid`.
-impl KeySource for VerificationKey {
-    fn key(&self, kid: Option<&str>) -> Option<VerificationKey> {
-        match (kid, self.kid()) {
-            (None, _) => Some(self.clone()),
-            (Some(asked), Some(own)) if asked == own => Some(self.clone()),
-            (Some(_), _) => None,
-        }
-    }
-}
-
-impl<T: KeySource> KeySource for Arc<T> {
-    fn key(&self, kid: Option<&str>) -> Option<VerificationKey> {
-        (**self).key(kid)
-    }
-
-    fn on_unknown_kid(&self, kid: &str) {
-        (**self).on_unknown_kid(kid);
-    }
-}
-
-impl fmt::Debug for KeySet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys = self.read();
-        f.debug_struct("KeySet")
-            .field("kids", &keys.by_kid.keys().collect::<Vec<_>>())
-            .field("unnamed", &keys.unnamed.is_some())
-            .finish()
-    }
-}
-
-impl From<VerificationKey> for KeySet {
-    fn from(key: VerificationKey) -> Self {
-        Self::new().with_key(key)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,16 +355,6 @@ mod tests {
         assert!(VerificationKey::rsa_pem("not pem", Algorithm::RS256).is_err());
         assert!(VerificationKey::ec_pem("not pem", Algorithm::ES256).is_err());
         assert!(SigningKey::ed_pem("not pem").is_err());
-    }
-
-    #[test]
-    fn no_kid_selects_only_key_when_exactly_one() {
-        let set = KeySet::new().with_key(VerificationKey::hmac([1u8; 32]).unwrap());
-        assert!(set.key(None).is_some());
-        assert!(set.key(Some("x")).is_none());
-        set.insert(VerificationKey::hmac([2u8; 32]).unwrap().with_kid("x"));
-        assert!(set.key(None).is_none());
-        assert!(set.key(Some("x")).is_some());
     }
 
     #[test]

@@ -67,6 +67,7 @@ mod issuer;
 #[cfg(feature = "jwks")]
 mod jwks;
 mod key;
+mod key_set;
 mod layer;
 mod service;
 mod verifier;
@@ -83,7 +84,8 @@ pub use jwks::{
     DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, DEFAULT_MIN_REFETCH_INTERVAL,
     DEFAULT_REFRESH_INTERVAL, JwksError, JwksSource,
 };
-pub use key::{KeySet, KeySource, SigningKey, VerificationKey};
+pub use key::{SigningKey, VerificationKey};
+pub use key_set::{KeySet, KeySource};
 pub use layer::JwtAuthLayer;
 pub use service::JwtAuth;
 pub use verifier::{JwtVerifier, bearer_token};

@@ -8,7 +8,7 @@ use std::{
 };
 
 use http::{HeaderMap, header::AUTHORIZATION};
-use jsonwebtoken::{Validation, errors::ErrorKind};
+use jsonwebtoken::errors::ErrorKind;
 
 use super::{
     Claims, DEFAULT_LEEWAY, DEFAULT_MAX_LEEWAY, DEFAULT_MAX_LIFETIME, KeySource, MAX_TOKEN_BYTES,
@@ -230,19 +230,18 @@ impl JwtVerifier {
         if header.alg != key.algorithm() {
             return Err(TokenError::AlgorithmNotAllowed);
         }
-        let claims =
-            jsonwebtoken::decode::<Claims>(token, key.decoding_key(), &signature_only(&key))
-                .map_err(|err| match err.into_kind() {
-                    ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
-                        TokenError::AlgorithmNotAllowed
-                    }
-                    ErrorKind::Json(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidClaimFormat(_) => {
-                        TokenError::InvalidClaims
-                    }
-                    ErrorKind::Base64(_) | ErrorKind::InvalidToken => TokenError::Malformed,
-                    _ => TokenError::BadSignature,
-                })?
-                .claims;
+        let claims = jsonwebtoken::decode::<Claims>(token, key.decoding_key(), key.validation())
+            .map_err(|err| match err.into_kind() {
+                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+                    TokenError::AlgorithmNotAllowed
+                }
+                ErrorKind::Json(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidClaimFormat(_) => {
+                    TokenError::InvalidClaims
+                }
+                ErrorKind::Base64(_) | ErrorKind::InvalidToken => TokenError::Malformed,
+                _ => TokenError::BadSignature,
+            })?
+            .claims;
         self.check_claims(&claims)?;
         Ok(claims)
     }
@@ -298,18 +297,6 @@ impl JwtVerifier {
         }
         Ok(())
     }
-}
-
-/// jsonwebtoken's own validation, reduced to the signature and the pinned algorithm:
-/// the time and audience checks are ours (injectable clock, lifetime, strict types).
-fn signature_only(key: &super::VerificationKey) -> Validation {
-    let mut validation = Validation::new(key.algorithm());
-    validation.required_spec_claims.clear();
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.leeway = 0;
-    validation
 }
 
 /// Exactly three non-empty base64url segments.
