@@ -49,6 +49,8 @@ pub struct PgStoreOptions {
     url: String,
     schema: Option<String>,
     max_connections: u32,
+    application_name: Option<String>,
+    idle_in_transaction_timeout: Duration,
 }
 
 impl PgStoreOptions {
@@ -59,6 +61,8 @@ impl PgStoreOptions {
             url: url.into(),
             schema: None,
             max_connections: 10,
+            application_name: None,
+            idle_in_transaction_timeout: Duration::from_secs(10),
         }
     }
 
@@ -67,6 +71,23 @@ impl PgStoreOptions {
     #[must_use]
     pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = Some(schema.into());
+        self
+    }
+
+    /// The `application_name` of the store's connections (shown in `pg_stat_activity`).
+    #[must_use]
+    pub fn with_application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = Some(name.into());
+        self
+    }
+
+    /// How long the server lets one of the store's sessions sit idle inside a
+    /// transaction before ending it (default 10 s). The store's transactions are short;
+    /// the limit frees the row locks of a worker that froze in the middle of one (a
+    /// paused VM, SIGSTOP), so other instances can reclaim its runs.
+    #[must_use]
+    pub fn with_idle_in_transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_in_transaction_timeout = timeout.max(Duration::from_millis(100));
         self
     }
 
@@ -139,6 +160,9 @@ impl PgStore {
                 "invalid schema name `{schema}`"
             )));
         }
+        if let Some(name) = &options.application_name {
+            connect = connect.application_name(name);
+        }
         if options.schema.is_some() {
             let mut conn = connect.connect().await?;
             sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
@@ -146,6 +170,8 @@ impl PgStore {
                 .await?;
             connect = connect.options([("search_path", schema.as_str())]);
         }
+        let idle_ms = options.idle_in_transaction_timeout.as_millis().to_string();
+        connect = connect.options([("idle_in_transaction_session_timeout", idle_ms.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(10))
