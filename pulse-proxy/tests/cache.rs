@@ -73,6 +73,9 @@ impl Upstream {
         let body = match path.as_str() {
             p if p.starts_with("/gated") => {
                 let _permit = self.gate.acquire().await.unwrap();
+                if p.ends_with("-503") {
+                    res = res.status(503);
+                }
                 full(text)
             }
             "/hang-first" if n == 1 => std::future::pending().await,
@@ -265,6 +268,32 @@ async fn concurrent_misses_make_one_upstream_call(store: Arc<dyn CacheStore>) {
     assert_eq!((stats.misses, stats.coalesced), (1, (N - 1) as u64));
     // And the result was stored.
     assert_eq!(h.get("/gated", "u1").await.x_cache(), "HIT");
+}
+
+async fn concurrent_misses_share_a_server_error_without_storing_it(store: Arc<dyn CacheStore>) {
+    const N: usize = 4;
+    let h = Arc::new(Harness::new(CacheLayer::from_arc(store)));
+    let tasks: Vec<_> = (0..N)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { h.get("/gated-503", "u1").await })
+        })
+        .collect();
+    until("every request has joined the flight", || {
+        h.upstream.calls("/gated-503") == 1 && h.stats.snapshot().waits == (N - 1) as u64
+    })
+    .await;
+    h.upstream.gate.add_permits(N + 1);
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reply.x_cache(), "MISS");
+        assert_eq!(reply.body, "GET /gated-503 user=u1 n=1");
+    }
+    // Shared with the waiters of that moment, never stored.
+    let next = h.get("/gated-503", "u1").await;
+    assert_eq!(next.body, "GET /gated-503 user=u1 n=2");
+    assert_eq!(h.stats.snapshot().stores, 0);
 }
 
 async fn dropped_leader_does_not_wedge_waiters(store: Arc<dyn CacheStore>) {
@@ -516,6 +545,7 @@ suite! {
     second_get_is_a_hit,
     head_is_answered_from_the_get_entry,
     concurrent_misses_make_one_upstream_call,
+    concurrent_misses_share_a_server_error_without_storing_it,
     dropped_leader_does_not_wedge_waiters,
     leader_dropping_its_body_releases_waiters,
     no_store_is_honoured_both_ways,

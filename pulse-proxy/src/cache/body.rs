@@ -57,10 +57,12 @@ impl<B> fmt::Debug for CacheBody<B> {
 }
 
 impl<B> CacheBody<B> {
-    /// A complete body (a hit, or a response the cache collected).
+    /// A complete body (a hit, or a response shared by a flight's leader).
     pub(crate) fn stored(data: Bytes) -> Self {
         Self {
-            kind: Kind::Stored { data: Some(data) },
+            kind: Kind::Stored {
+                data: (!data.is_empty()).then_some(data),
+            },
         }
     }
 
@@ -108,9 +110,12 @@ where
                 finishing,
             } => loop {
                 if let Some(pending) = finishing.as_mut() {
-                    let result = ready!(pending.put.as_mut().poll(cx));
+                    let stored = match pending.put.as_mut() {
+                        Some(put) => Some(ready!(put.as_mut().poll(cx)).is_ok()),
+                        None => None,
+                    };
                     if let Some(pending) = finishing.take() {
-                        pending.done(result.is_ok());
+                        pending.done(stored);
                     }
                     return Poll::Ready(None);
                 }
@@ -176,18 +181,20 @@ pub(crate) struct StoreTicket {
     pub(crate) store: Arc<dyn CacheStore>,
     pub(crate) key: CacheKey,
     pub(crate) generation: u64,
-    pub(crate) ttl: Duration,
+    /// `None`: share the response with the waiters, but don't store it (an error).
+    pub(crate) ttl: Option<Duration>,
     pub(crate) stats: CacheStats,
     pub(crate) guard: FlightGuard,
 }
 
 impl StoreTicket {
-    /// Starts the write of `response`.
+    /// Starts the write of `response` (when it may be stored).
     pub(crate) fn put(self, response: CachedResponse) -> Finishing {
         let response = Arc::new(response);
-        let put = self
-            .store
-            .put(&self.key, response.clone(), self.generation, self.ttl);
+        let put = self.ttl.map(|ttl| {
+            self.store
+                .put(&self.key, response.clone(), self.generation, ttl)
+        });
         Finishing {
             put,
             response,
@@ -204,22 +211,25 @@ impl StoreTicket {
 
 /// A write in progress; when it ends the waiters get the response.
 pub(crate) struct Finishing {
-    pub(crate) put: StoreFuture<()>,
+    pub(crate) put: Option<StoreFuture<()>>,
     response: Arc<CachedResponse>,
     stats: CacheStats,
     guard: FlightGuard,
 }
 
 impl Finishing {
-    /// Counts the write and shares the response with the flight's waiters (even when
-    /// the write failed: the response itself is good).
-    pub(crate) fn done(self, stored: bool) {
-        if stored {
-            self.stats.stored();
-        } else {
-            self.stats.store_error();
+    /// Counts the write (`None`: there was none) and shares the response with the
+    /// flight's waiters, even when the write failed: the response itself is good.
+    pub(crate) fn done(self, stored: Option<bool>) {
+        match stored {
+            Some(true) => self.stats.stored(),
+            Some(false) => self.stats.store_error(),
+            None => {}
         }
-        self.guard.complete(Outcome::Shared(self.response));
+        self.guard.complete(Outcome::Shared {
+            stored: stored.is_some(),
+            response: self.response,
+        });
     }
 }
 

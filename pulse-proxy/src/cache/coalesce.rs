@@ -19,10 +19,14 @@ use super::{key::CacheKey, store::CachedResponse};
 /// How a flight ended.
 #[derive(Clone, Debug)]
 pub(crate) enum Outcome {
-    /// The leader stored this response: answer with it.
-    Shared(Arc<CachedResponse>),
-    /// The leader's answer is not shareable (an error, too large, `no-store`): go
-    /// upstream yourself.
+    /// The leader's response: answer with it. `stored` is false for a server error,
+    /// shared with the waiters of its flight but never stored.
+    Shared {
+        response: Arc<CachedResponse>,
+        stored: bool,
+    },
+    /// The leader's answer is not shareable (too large, `no-store`, `Set-Cookie`, an
+    /// `Err` from the inner service): go upstream yourself.
     GoUpstream,
     /// The leader was dropped before it knew: start over.
     Abandoned,

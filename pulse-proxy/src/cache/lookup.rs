@@ -71,13 +71,8 @@ where
                 let generation = lookup.generation;
                 if !revalidate && let Some(entry) = lookup.fresh() {
                     stats.hit();
-                    return Ok(stored_response(
-                        &entry.response,
-                        entry.age,
-                        &req,
-                        plan.head,
-                        x_cache,
-                    ));
+                    let res = stored_response(&entry.response, entry.age, &req, plan.head);
+                    return Ok(tag(res, x_cache, XCache::Hit));
                 }
                 generation
             }
@@ -101,7 +96,7 @@ where
                     store: shared.store.clone(),
                     key: plan.key,
                     generation,
-                    ttl: Duration::ZERO,
+                    ttl: None,
                     stats: stats.clone(),
                     guard,
                 };
@@ -110,15 +105,11 @@ where
             Role::Waiter(rx) => {
                 stats.wait();
                 match coalesce::wait(rx).await {
-                    Outcome::Shared(response) => {
+                    Outcome::Shared { response, stored } => {
                         stats.coalesce();
-                        return Ok(stored_response(
-                            &response,
-                            Duration::ZERO,
-                            &req,
-                            false,
-                            x_cache,
-                        ));
+                        let res = stored_response(&response, Duration::ZERO, &req, false);
+                        let value = if stored { XCache::Hit } else { XCache::Miss };
+                        return Ok(tag(res, x_cache, value));
                     }
                     Outcome::GoUpstream => {
                         stats.miss();
@@ -148,7 +139,8 @@ where
     Ok(tag(res.map(CacheBody::inner), x_cache, XCache::Miss))
 }
 
-/// Calls upstream for a flight, and records the answer when it may be stored.
+/// Calls upstream for a flight, and records the answer when it may be stored, or
+/// shared with the flight's waiters.
 async fn lead<S, ReqBody, ResBody>(
     mut svc: S,
     req: Request<ReqBody>,
@@ -160,23 +152,38 @@ where
     ResBody: Body<Data = Bytes>,
 {
     let config = &shared.config;
-    // An `Err` drops the ticket, and its guard tells the waiters to start over.
-    let res = svc.call(req).await?;
-    let (parts, body) = res.into_parts();
-    let max = config.storage.max_body_bytes;
-    let ttl = config.storage.storable_ttl(&parts, &config.key_parts);
-    let too_large = body.size_hint().lower() > max as u64
-        || content_length(&parts.headers).is_some_and(|len| len > max as u64);
-    let body = match ttl {
-        Some(ttl) if !too_large => {
-            ticket.ttl = ttl;
-            let recorder = Recorder::new(max, parts.status, parts.headers.clone(), ticket);
-            CacheBody::tee(body, recorder)
-        }
-        _ => {
+    let res = match svc.call(req).await {
+        Ok(res) => res,
+        Err(err) => {
+            // Waiters go upstream at once rather than one after another: a transport
+            // that fails may take a whole timeout to do so.
             ticket.give_up();
-            CacheBody::inner(body)
+            return Err(err);
         }
+    };
+    let (parts, body) = res.into_parts();
+    let max = config.storage.max_body_bytes as u64;
+    let hint = body.size_hint();
+    let too_large =
+        hint.lower() > max || content_length(&parts.headers).is_some_and(|len| len > max);
+    let ttl = config.storage.storable_ttl(&parts, &config.key_parts);
+    // A server error is never stored, but the waiters that piled up behind it get it
+    // too: during an outage they would otherwise each wait for their own.
+    let share_error = parts.status.is_server_error()
+        && hint.upper().is_some_and(|upper| upper <= max)
+        && !parts.headers.contains_key(header::SET_COOKIE);
+    let body = if too_large || (ttl.is_none() && !share_error) {
+        ticket.give_up();
+        CacheBody::inner(body)
+    } else {
+        ticket.ttl = ttl;
+        let recorder = Recorder::new(
+            config.storage.max_body_bytes,
+            parts.status,
+            parts.headers.clone(),
+            ticket,
+        );
+        CacheBody::tee(body, recorder)
     };
     Ok(tag(
         Response::from_parts(parts, body),
@@ -185,13 +192,12 @@ where
     ))
 }
 
-/// A response from a stored entry, with `Age`, `X-Cache: HIT` and this request's id.
+/// A response from a stored (or shared) entry, with `Age` and this request's id.
 fn stored_response<B, ReqBody>(
     stored: &CachedResponse,
     age: Duration,
     req: &Request<ReqBody>,
     head: bool,
-    x_cache: bool,
 ) -> Response<CacheBody<B>> {
     let body = if head {
         Bytes::new()
@@ -206,5 +212,5 @@ fn stored_response<B, ReqBody>(
     if let Some(id) = RequestId::from_parts(req.extensions(), req.headers()) {
         headers.insert(pulse_core::request_id::X_REQUEST_ID, id.to_header_value());
     }
-    tag(res, x_cache, XCache::Hit)
+    res
 }
