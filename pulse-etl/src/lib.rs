@@ -84,6 +84,7 @@
 
 pub mod engine;
 pub mod job;
+pub mod jobs;
 pub mod model;
 pub mod store;
 
