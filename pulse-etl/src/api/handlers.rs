@@ -1,0 +1,209 @@
+//! The route handlers: each maps the engine's answer to the contract's shape.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderName, HeaderValue, StatusCode};
+use pulse_core::Identity;
+use serde::Deserialize;
+
+use super::ApiState;
+use super::error::ErrorResponse;
+use super::extract::{IdempotencyKey, JsonBody, PathParams, QueryParams};
+use super::types::{
+    CancelResponse, JobState, JobStatusView, JobView, JobsResponse, LogEntry, LogsResponse,
+    RunsResponse, StartJobBody, StartNamedJobBody, StartResponse, StatusResponse,
+};
+use crate::engine::StartRequest;
+use crate::model::{Run, RunId, RunState};
+
+/// `idempotent-replayed: true` marks the answer of a replayed `Idempotency-Key`.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// The run history page size when `limit` is absent.
+pub const DEFAULT_RUNS_LIMIT: u32 = 20;
+/// The largest run history page.
+pub const MAX_RUNS_LIMIT: u32 = 200;
+
+type ApiResult<T> = Result<T, ErrorResponse>;
+
+/// `GET /health`: the store answers and the engine is not shutting down.
+pub(crate) async fn health(State(state): State<ApiState>) -> Response {
+    state.health.check().await.into_response()
+}
+
+/// `GET /api/v1/jobs`.
+pub(crate) async fn list_jobs(State(state): State<ApiState>) -> ApiResult<Json<JobsResponse>> {
+    let jobs = state
+        .engine
+        .jobs()
+        .await?
+        .into_iter()
+        .map(|job| JobView {
+            description: state.descriptions.get(&job.name).cloned(),
+            state: JobState::from(job.state),
+            schedule: job.schedule,
+            latest_run: job.latest_run,
+            name: job.name,
+        })
+        .collect();
+    Ok(Json(JobsResponse { jobs }))
+}
+
+/// `GET /api/v1/jobs/status`.
+pub(crate) async fn job_status(State(state): State<ApiState>) -> ApiResult<Json<StatusResponse>> {
+    let summary = state.engine.status_summary().await?;
+    let jobs = state
+        .engine
+        .jobs()
+        .await?
+        .into_iter()
+        .map(|job| {
+            let run = job.latest_run.as_ref();
+            let view = JobStatusView {
+                state: JobState::from(job.state),
+                run_id: run.map(|run| run.id),
+                progress: run.map(|run| run.progress.clone()),
+                started_at: run.and_then(|run| run.started_at),
+                finished_at: run.and_then(|run| run.finished_at),
+            };
+            (job.name, view)
+        })
+        .collect();
+    let counts = summary.counts;
+    Ok(Json(StatusResponse {
+        jobs,
+        active_runs: counts.pending + counts.running + counts.retrying + counts.cancelling,
+        timestamp: summary.generated_at,
+    }))
+}
+
+/// `POST /api/v1/jobs/{name}/start`.
+pub(crate) async fn start_job(
+    State(state): State<ApiState>,
+    PathParams(job_name): PathParams<String>,
+    identity: Option<Identity>,
+    IdempotencyKey(key): IdempotencyKey,
+    JsonBody(body): JsonBody<StartJobBody>,
+) -> ApiResult<Response> {
+    start(&state, job_name, body.force, body.params, identity, key).await
+}
+
+/// `POST /api/v1/jobs/start`.
+pub(crate) async fn start_named_job(
+    State(state): State<ApiState>,
+    identity: Option<Identity>,
+    IdempotencyKey(key): IdempotencyKey,
+    JsonBody(body): JsonBody<StartNamedJobBody>,
+) -> ApiResult<Response> {
+    start(
+        &state,
+        body.job_name,
+        body.force,
+        body.params,
+        identity,
+        key,
+    )
+    .await
+}
+
+/// Both start forms: `requested_by` is the signed identity's subject, never a header.
+async fn start(
+    state: &ApiState,
+    job_name: String,
+    force: bool,
+    params: serde_json::Value,
+    identity: Option<Identity>,
+    idempotency_key: Option<String>,
+) -> ApiResult<Response> {
+    let mut request = StartRequest::new(job_name)
+        .with_params(params)
+        .with_force(force);
+    request.requested_by = identity.map(|identity| identity.subject);
+    request.idempotency_key = idempotency_key;
+    // `start` returns once the run is committed, so a 202 never announces a lost run.
+    let outcome = state.engine.start(request).await?;
+    let run = outcome.run;
+    let message = match outcome.replaced {
+        Some(replaced) => format!(
+            "Job {} started; active run {replaced} cancelled",
+            run.job_name
+        ),
+        None => format!("Job {} started", run.job_name),
+    };
+    let body = StartResponse {
+        success: true,
+        message,
+        run_id: run.id,
+        run,
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if !outcome.created {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// `GET /api/v1/runs/{id}`.
+pub(crate) async fn get_run(
+    State(state): State<ApiState>,
+    PathParams(run_id): PathParams<RunId>,
+) -> ApiResult<Json<Run>> {
+    Ok(Json(state.engine.run(run_id).await?))
+}
+
+/// The query of `GET /api/v1/jobs/{name}/runs`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RunsQuery {
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/jobs/{name}/runs?limit=`.
+pub(crate) async fn job_runs(
+    State(state): State<ApiState>,
+    PathParams(job_name): PathParams<String>,
+    QueryParams(query): QueryParams<RunsQuery>,
+) -> ApiResult<Json<RunsResponse>> {
+    let limit = match query.limit {
+        None => DEFAULT_RUNS_LIMIT,
+        Some(0) => return Err(ErrorResponse::bad_request("limit must be at least 1")),
+        Some(limit) => limit.min(MAX_RUNS_LIMIT),
+    };
+    let runs = state.engine.runs_for_job(&job_name, limit).await?;
+    Ok(Json(RunsResponse { runs }))
+}
+
+/// `POST /api/v1/runs/{id}/cancel`.
+pub(crate) async fn cancel_run(
+    State(state): State<ApiState>,
+    PathParams(run_id): PathParams<RunId>,
+) -> ApiResult<(StatusCode, Json<CancelResponse>)> {
+    let run = state.engine.cancel(run_id).await?;
+    let message = if run.state == RunState::Cancelled {
+        format!("Run {run_id} cancelled")
+    } else {
+        format!("Run {run_id} is being cancelled")
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CancelResponse {
+            success: true,
+            message,
+            run,
+        }),
+    ))
+}
+
+/// `GET /api/v1/runs/{id}/logs`.
+pub(crate) async fn run_logs(
+    State(state): State<ApiState>,
+    PathParams(run_id): PathParams<RunId>,
+) -> ApiResult<Json<LogsResponse>> {
+    let logs = state.engine.logs(run_id).await?;
+    Ok(Json(LogsResponse {
+        run_id,
+        logs: logs.into_iter().map(LogEntry::from).collect(),
+    }))
+}

@@ -1,0 +1,128 @@
+//! `GET /api/v1/events`: the engine's events as server-sent events.
+//!
+//! Each store event becomes `event: run`, `id: <seq>`, `data: {"kind", "run", "log"?}`.
+//! A subscriber reads from the engine's broadcast channel, so a slow one never slows
+//! the engine: when it lags it skips the events it missed (and gets a comment saying
+//! how many). A client reconnecting with `Last-Event-ID` first receives the stored
+//! events after that id.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use http::HeaderMap;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::ApiState;
+use super::types::{LogEntry, RunUpdate, RunUpdateKind};
+use crate::engine::JobEngine;
+use crate::model::{LogLine, RunEvent, RunEventKind};
+
+/// The SSE event name of every run update.
+pub const RUN_EVENT: &str = "run";
+/// The most stored events replayed to a client resuming with `Last-Event-ID`.
+pub(crate) const MAX_REPLAY: u32 = 1000;
+
+/// `GET /api/v1/events`.
+pub(crate) async fn events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // Subscribe before reading the backlog, so nothing falls between the two.
+    let live = state.engine.subscribe();
+    let resume_after = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<i64>().ok());
+    let backlog = match resume_after {
+        Some(after) => match state.engine.events_since(after, MAX_REPLAY).await {
+            Ok(events) => events.into(),
+            Err(err) => {
+                tracing::warn!(error = %err, "replaying events after Last-Event-ID failed");
+                VecDeque::new()
+            }
+        },
+        None => VecDeque::new(),
+    };
+    let feed = Feed {
+        engine: state.engine.clone(),
+        live,
+        backlog,
+        last_seq: resume_after.unwrap_or(i64::MIN),
+    };
+    Sse::new(futures_util::stream::unfold(feed, Feed::next))
+        .keep_alive(KeepAlive::new().interval(state.keep_alive))
+}
+
+/// One subscriber's position: the replayed backlog, then the live channel.
+struct Feed {
+    engine: JobEngine,
+    live: broadcast::Receiver<RunEvent>,
+    backlog: VecDeque<RunEvent>,
+    last_seq: i64,
+}
+
+impl Feed {
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        loop {
+            let event = match self.backlog.pop_front() {
+                Some(event) => event,
+                None => match self.live.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "an event subscriber lagged and skipped events");
+                        let note = Event::default().comment(format!("skipped {missed} events"));
+                        return Some((Ok(note), self));
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+            };
+            // The live channel may repeat what the backlog already sent.
+            if event.seq <= self.last_seq {
+                continue;
+            }
+            self.last_seq = event.seq;
+            if let Some(sse) = self.render(&event).await {
+                return Some((Ok(sse), self));
+            }
+        }
+    }
+
+    /// The SSE event of a store event, with the run as stored now; `None` when the
+    /// run cannot be read (it is skipped, the next event carries the run again).
+    async fn render(&self, event: &RunEvent) -> Option<Event> {
+        let (kind, log) = match &event.kind {
+            RunEventKind::State { .. } => (RunUpdateKind::StateChanged, None),
+            RunEventKind::Progress { .. } => (RunUpdateKind::Progress, None),
+            RunEventKind::Log {
+                level,
+                message,
+                attempt,
+            } => {
+                let line = LogLine {
+                    seq: event.seq,
+                    attempt: *attempt,
+                    at: event.at,
+                    level: *level,
+                    message: message.clone(),
+                };
+                (RunUpdateKind::Log, Some(LogEntry::from(line)))
+            }
+        };
+        let run = match self.engine.run(event.run_id).await {
+            Ok(run) => run,
+            Err(err) => {
+                tracing::warn!(error = %err, run_id = %event.run_id, "reading the run of an event failed");
+                return None;
+            }
+        };
+        let update = RunUpdate { kind, run, log };
+        Event::default()
+            .event(RUN_EVENT)
+            .id(event.seq.to_string())
+            .json_data(&update)
+            .ok()
+    }
+}

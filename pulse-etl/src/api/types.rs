@@ -1,0 +1,222 @@
+//! The JSON bodies of the API, shared by the router and the [`EtlClient`](crate::client::EtlClient).
+//!
+//! Runs are returned as the engine's [`Run`] (its serialisation is the contract's run
+//! shape); everything else has a dedicated type here so that the wire shape does not
+//! move when the engine's model does.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::model::{LogLevel, LogLine, Progress, Run, RunId, RunState};
+
+/// The state of a job in listings: its latest run's state, or `idle` when it never ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum JobState {
+    /// The job never ran.
+    Idle,
+    /// Its latest run waits for a worker.
+    Pending,
+    /// Its latest run is executing.
+    Running,
+    /// Its latest run waits for its next attempt.
+    Retrying,
+    /// Its latest run is being cancelled.
+    Cancelling,
+    /// Its latest run succeeded.
+    Succeeded,
+    /// Its latest run failed.
+    Failed,
+    /// Its latest run was cancelled.
+    Cancelled,
+}
+
+impl From<RunState> for JobState {
+    fn from(state: RunState) -> Self {
+        match state {
+            RunState::Pending => JobState::Pending,
+            RunState::Running => JobState::Running,
+            RunState::Retrying => JobState::Retrying,
+            RunState::Cancelling => JobState::Cancelling,
+            RunState::Succeeded => JobState::Succeeded,
+            RunState::Failed => JobState::Failed,
+            RunState::Cancelled => JobState::Cancelled,
+        }
+    }
+}
+
+impl From<Option<RunState>> for JobState {
+    fn from(state: Option<RunState>) -> Self {
+        state.map_or(JobState::Idle, JobState::from)
+    }
+}
+
+/// One job of `GET /api/v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The job's name.
+    pub name: String,
+    /// A human description, when the service configured one.
+    pub description: Option<String>,
+    /// Its schedule (`every 300s` or the cron expression), if any.
+    pub schedule: Option<String>,
+    /// The latest run's state, or `idle`.
+    pub state: JobState,
+    /// Its latest run.
+    pub latest_run: Option<Run>,
+}
+
+/// `GET /api/v1/jobs`: `{"jobs": [...]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobsResponse {
+    /// Every registered job, sorted by name.
+    pub jobs: Vec<JobView>,
+}
+
+/// One job's entry in the [`StatusResponse`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatusView {
+    /// The latest run's state, or `idle`.
+    pub state: JobState,
+    /// The latest run's id.
+    pub run_id: Option<RunId>,
+    /// The latest run's progress.
+    pub progress: Option<Progress>,
+    /// When the latest run's first attempt started.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    /// When the latest run finished.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// `GET /api/v1/jobs/status`: the summary the dashboard polls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// One entry per registered job, by name.
+    pub jobs: BTreeMap<String, JobStatusView>,
+    /// Runs pending, running, retrying or cancelling, over all jobs.
+    pub active_runs: u64,
+    /// When the summary was taken.
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+}
+
+/// The body of `POST /api/v1/jobs/{name}/start`; an empty body means `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StartJobBody {
+    /// Cancel the job's active run, if any, and start anew.
+    #[serde(default)]
+    pub force: bool,
+    /// The run's parameters (absent or `null`: none).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub params: Value,
+}
+
+/// The body of `POST /api/v1/jobs/start`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartNamedJobBody {
+    /// The job to start.
+    pub job_name: String,
+    /// Cancel the job's active run, if any, and start anew.
+    #[serde(default)]
+    pub force: bool,
+    /// The run's parameters (absent or `null`: none).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub params: Value,
+}
+
+/// `202` answer of both start routes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartResponse {
+    /// Always `true`.
+    pub success: bool,
+    /// `Job <name> started`.
+    pub message: String,
+    /// The run's id.
+    pub run_id: RunId,
+    /// The run as committed.
+    pub run: Run,
+}
+
+/// `202` answer of `POST /api/v1/runs/{id}/cancel`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelResponse {
+    /// Always `true`.
+    pub success: bool,
+    /// What happened (cancelled at once, or cancelling).
+    pub message: String,
+    /// The run after the cancel request.
+    pub run: Run,
+}
+
+/// `GET /api/v1/jobs/{name}/runs`: `{"runs": [...]}`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunsResponse {
+    /// The runs, newest first.
+    pub runs: Vec<Run>,
+}
+
+/// One line of a run's log: `{"at", "level", "message"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// When it was written.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Its level.
+    pub level: LogLevel,
+    /// Its text.
+    pub message: String,
+}
+
+impl From<LogLine> for LogEntry {
+    fn from(line: LogLine) -> Self {
+        Self {
+            at: line.at,
+            level: line.level,
+            message: line.message,
+        }
+    }
+}
+
+/// `GET /api/v1/runs/{id}/logs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogsResponse {
+    /// The run.
+    pub run_id: RunId,
+    /// Its log, oldest first.
+    pub logs: Vec<LogEntry>,
+}
+
+/// What a [`RunUpdate`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RunUpdateKind {
+    /// The run entered a new state.
+    StateChanged,
+    /// The run reported progress.
+    Progress,
+    /// The run wrote a log line (in [`RunUpdate::log`]).
+    Log,
+}
+
+/// The `data` of one server-sent event of `GET /api/v1/events` (event name `run`):
+/// `{"kind": "state_changed|progress|log", "run": <Run>, "log"?: {...}}`.
+///
+/// `run` is the run as stored when the event was sent, so it may already be ahead of
+/// the change that triggered the event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunUpdate {
+    /// What happened.
+    pub kind: RunUpdateKind,
+    /// The run.
+    pub run: Run,
+    /// The log line, for [`RunUpdateKind::Log`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogEntry>,
+}

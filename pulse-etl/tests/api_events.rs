@@ -1,0 +1,119 @@
+//! `GET /api/v1/events`: server-sent events of the engine's store events.
+
+mod api_support;
+
+use api_support::{api_only, app, keyed};
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use pulse_etl::client::{SseDecoder, SseEvent};
+use serde_json::Value;
+
+/// Reads the event stream until `n` events arrived.
+async fn next_events(body: &mut Body, decoder: &mut SseDecoder, n: usize) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    while events.len() < n {
+        let frame = body.frame().await.expect("stream open").unwrap();
+        if let Ok(data) = frame.into_data() {
+            events.extend(decoder.push(&data));
+        }
+    }
+    events
+}
+
+async fn subscribe(app: &api_support::TestApp, last_event_id: Option<&str>) -> Body {
+    let mut request = keyed(Request::get("/api/v1/events"));
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let response =
+        tower::ServiceExt::oneshot(app.router.clone(), request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    response.into_body()
+}
+
+#[tokio::test]
+async fn a_subscriber_receives_state_changes_as_run_events() {
+    let app = api_only().await;
+    let mut body = subscribe(&app, None).await;
+    let mut decoder = SseDecoder::new();
+
+    let started = app.post("/api/v1/jobs/jira_sync/start", "").await;
+    let run_id = started.body["run_id"].clone();
+    let events = next_events(&mut body, &mut decoder, 1).await;
+    assert_eq!(events[0].event, "run");
+    assert!(events[0].id.as_deref().unwrap().parse::<i64>().is_ok());
+    let data: Value = serde_json::from_str(&events[0].data).unwrap();
+    let mut keys: Vec<_> = data.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["kind", "run"]);
+    assert_eq!(data["kind"], "state_changed");
+    assert_eq!(data["run"]["id"], run_id);
+
+    let cancelled = app
+        .post(
+            &format!("/api/v1/runs/{}/cancel", run_id.as_str().unwrap()),
+            "",
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::ACCEPTED);
+    let events = next_events(&mut body, &mut decoder, 1).await;
+    let data: Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(data["kind"], "state_changed");
+    assert_eq!(data["run"]["state"], "cancelled");
+}
+
+#[tokio::test]
+async fn progress_and_log_lines_are_streamed() {
+    let app = app(1).await;
+    let mut body = subscribe(&app, None).await;
+    let mut decoder = SseDecoder::new();
+    let started = app.post("/api/v1/jobs/jira_sync/start", "").await;
+    let run_id = started.body["run_id"].clone();
+
+    let mut kinds = Vec::new();
+    let mut log = Value::Null;
+    while !(kinds.iter().any(|kind| kind == "log") && kinds.iter().any(|kind| kind == "progress")) {
+        for event in next_events(&mut body, &mut decoder, 1).await {
+            let data: Value = serde_json::from_str(&event.data).unwrap();
+            assert_eq!(data["run"]["id"], run_id);
+            if data["kind"] == "log" {
+                log = data["log"].clone();
+            }
+            kinds.push(data["kind"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(kinds[0], "state_changed");
+    assert_eq!(log["message"], "fetched page 1");
+    assert_eq!(log["level"], "info");
+    assert!(log["at"].is_string());
+}
+
+#[tokio::test]
+async fn a_client_resuming_with_last_event_id_gets_the_events_it_missed() {
+    let app = api_only().await;
+    let first = app.post("/api/v1/jobs/jira_sync/start", "").await;
+    let second = app.post("/api/v1/jobs/github_sync/start", "").await;
+
+    // From the start: both creations are replayed, in order, without any new event.
+    let mut body = subscribe(&app, Some("0")).await;
+    let mut decoder = SseDecoder::new();
+    let events = next_events(&mut body, &mut decoder, 2).await;
+    let ids: Vec<Value> = events
+        .iter()
+        .map(|event| serde_json::from_str::<Value>(&event.data).unwrap()["run"]["id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        [first.body["run_id"].clone(), second.body["run_id"].clone()]
+    );
+
+    // Resuming after the first: only the second.
+    let mut body = subscribe(&app, events[0].id.as_deref()).await;
+    let mut decoder = SseDecoder::new();
+    let resumed = next_events(&mut body, &mut decoder, 1).await;
+    assert_eq!(resumed[0].id, events[1].id);
+}
