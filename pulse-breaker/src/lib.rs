@@ -22,9 +22,11 @@
 //!   [`Observer`] for transitions and outcomes; [`KeyedBreakers`] for one breaker per
 //!   upstream host with a bounded number of keys.
 //!
-//! The closed path takes a few atomic operations, no lock and no allocation; see the
-//! crate README for benchmark figures, and the [tuning guide](docs::tuning) for the
-//! defaults.
+//! The closed path takes no lock and no allocation: in the healthy steady state (a
+//! full window of successes) it reads a few atomics and writes none, apart from the
+//! reference count of the shared state, which [`Breaker::into_static`] removes for
+//! breakers that live as long as the process. See the crate README for benchmark
+//! figures, and the [tuning guide](docs::tuning) for the defaults.
 //!
 //! # Example: a flaky service trips and heals
 //!
