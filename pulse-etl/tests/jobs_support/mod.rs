@@ -2,11 +2,12 @@
 //! retry settings, and helpers to read runs, logs and requests.
 #![allow(dead_code, unreachable_pub)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pulse_etl::jobs::{FetchPolicy, SeedJobsConfig, register_seed_jobs};
 use pulse_etl::{
-    EngineConfig, JobEngine, JobRegistry, LogLine, RetryPolicy, Run, RunEventKind, RunId,
+    EngineConfig, JobEngine, JobRegistry, JobStore, LogLine, RetryPolicy, Run, RunEventKind, RunId,
     SqliteStore, StartRequest, StorePool,
 };
 use wiremock::MockServer;
@@ -44,14 +45,24 @@ pub fn config(base: &str, attempts: u32) -> SeedJobsConfig {
 }
 
 impl Harness {
+    /// Over a SQLite file in a temp dir.
     pub async fn start(config: SeedJobsConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("jobs.db")).await.unwrap();
-        let pool = pulse_etl::JobStore::pool(&store);
+        Self::start_on(store.into_dyn(), dir, config).await
+    }
+
+    /// Over `store` (`dir` lives as long as the harness).
+    pub async fn start_on(
+        store: Arc<dyn JobStore>,
+        dir: tempfile::TempDir,
+        config: SeedJobsConfig,
+    ) -> Self {
+        let pool = store.pool();
         let mut registry = JobRegistry::new();
         register_seed_jobs(&mut registry, config).unwrap();
         let engine = JobEngine::launch(
-            store.into_dyn(),
+            store,
             registry,
             EngineConfig::default()
                 .with_poll_interval(Duration::from_millis(20))
