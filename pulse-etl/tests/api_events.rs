@@ -2,12 +2,13 @@
 
 mod api_support;
 
-use api_support::{api_only, app, keyed};
+use api_support::{api_only, app, app_with, keyed};
 use axum::body::Body;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use pulse_etl::client::{SseDecoder, SseEvent};
 use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
 
 /// Reads the event stream until `n` events arrived.
 async fn next_events(body: &mut Body, decoder: &mut SseDecoder, n: usize) -> Vec<SseEvent> {
@@ -116,4 +117,48 @@ async fn a_client_resuming_with_last_event_id_gets_the_events_it_missed() {
     let mut decoder = SseDecoder::new();
     let resumed = next_events(&mut body, &mut decoder, 1).await;
     assert_eq!(resumed[0].id, events[1].id);
+}
+
+#[tokio::test]
+async fn a_lagging_subscriber_skips_events_and_is_told_so() {
+    let app = app_with(0, |config| config.with_event_capacity(1)).await;
+    let mut body = subscribe(&app, None).await;
+    let mut probe = app.engine.subscribe();
+
+    // Six events while the subscriber reads nothing.
+    for _ in 0..3 {
+        let started = app.post("/api/v1/jobs/jira_sync/start", "").await;
+        let run_id = started.body["run_id"].as_str().unwrap().to_owned();
+        app.post(&format!("/api/v1/runs/{run_id}/cancel"), "").await;
+    }
+    // Wait until the engine has broadcast the last of them.
+    let last = app
+        .engine
+        .events_since(0, 100)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .seq;
+    loop {
+        match probe.recv().await {
+            Ok(event) if event.seq == last => break,
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => panic!("engine stopped"),
+        }
+    }
+
+    // The subscriber first learns that it skipped events, then gets the newest one.
+    let mut text = String::new();
+    let mut decoder = SseDecoder::new();
+    let mut events = Vec::new();
+    while events.is_empty() {
+        let frame = body.frame().await.expect("stream open").unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+            events.extend(decoder.push(&data));
+        }
+    }
+    assert!(text.starts_with(": skipped "), "{text}");
+    assert_eq!(events[0].id, Some(last.to_string()));
 }

@@ -199,3 +199,15 @@ async fn the_event_stream_needs_the_credential() {
     let err = anonymous.events().await.unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_service_is_a_timeout() {
+    // Accepts connections (the kernel does) but never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = EtlClient::http(&format!("http://{addr}"))
+        .unwrap()
+        .with_timeout(std::time::Duration::from_secs(5));
+    assert!(matches!(client.jobs().await, Err(ClientError::Timeout)));
+    drop(listener);
+}

@@ -90,12 +90,22 @@ pub async fn api_only() -> TestApp {
 
 /// An engine with `concurrency` workers.
 pub async fn app(concurrency: usize) -> TestApp {
+    app_with(concurrency, |config| config).await
+}
+
+/// An engine with `concurrency` workers and more configuration.
+pub async fn app_with(
+    concurrency: usize,
+    configure: impl FnOnce(EngineConfig) -> EngineConfig,
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("jobs.db")).await.unwrap();
-    let config = EngineConfig::default()
-        .with_concurrency(concurrency)
-        .with_poll_interval(Duration::from_millis(20))
-        .with_schedules(false);
+    let config = configure(
+        EngineConfig::default()
+            .with_concurrency(concurrency)
+            .with_poll_interval(Duration::from_millis(20))
+            .with_schedules(false),
+    );
     let registry = JobRegistry::new().with_job(JiraSync).with_job(GithubSync);
     let engine = JobEngine::launch(store.clone().into_dyn(), registry, config)
         .await
