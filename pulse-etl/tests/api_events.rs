@@ -162,3 +162,22 @@ async fn a_lagging_subscriber_skips_events_and_is_told_so() {
     assert!(text.starts_with(": skipped "), "{text}");
     assert_eq!(events[0].id, Some(last.to_string()));
 }
+
+#[tokio::test]
+async fn an_idle_stream_sends_keep_alive_comments() {
+    let app = api_only().await;
+    let router = pulse_etl::api::EtlApi::new(app.engine.clone())
+        .with_internal_auth(pulse_core::internal_auth::InternalAuthLayer::new(
+            app.ring.clone(),
+        ))
+        .with_keep_alive(std::time::Duration::from_millis(10))
+        .into_router();
+    let request = keyed(Request::get("/api/v1/events"))
+        .body(Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(router, request).await.unwrap();
+    let mut body = response.into_body();
+    let frame = body.frame().await.expect("stream open").unwrap();
+    let data = frame.into_data().unwrap();
+    assert!(data.starts_with(b":"), "{data:?}");
+}

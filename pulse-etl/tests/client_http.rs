@@ -189,6 +189,13 @@ async fn the_event_stream_follows_a_run_to_its_end() {
         }
     }
     assert_eq!(kinds[0], RunUpdateKind::StateChanged);
+
+    // Resuming after the first event replays the rest of the run's events.
+    let seen = updates.last_event_id().expect("events carry ids");
+    let mut resumed = client.events_after(Some(seen - 1)).await.unwrap();
+    let update = resumed.next().await.expect("stream open").unwrap();
+    assert_eq!(update.run.id, started.run_id);
+    assert_eq!(resumed.last_event_id(), Some(seen));
 }
 
 #[tokio::test]

@@ -387,19 +387,8 @@ where
     ) -> Result<RunUpdates, ClientError> {
         let raw = self.sse_events(last_event_id).await?;
         Ok(RunUpdates {
-            inner: Box::pin(futures_util::StreamExt::filter_map(
-                raw,
-                |item| async move {
-                    match item {
-                        Ok(event) if event.event == RUN_EVENT => Some(
-                            serde_json::from_str::<RunUpdate>(&event.data)
-                                .map_err(|err| ClientError::Decode(err.to_string())),
-                        ),
-                        Ok(_) => None,
-                        Err(err) => Some(Err(err)),
-                    }
-                },
-            )),
+            inner: raw,
+            last_event_id,
         })
     }
 
@@ -585,20 +574,46 @@ fn encode_segment(segment: &str) -> String {
 
 /// The run updates of [`EtlClient::events`].
 pub struct RunUpdates {
-    inner: Pin<Box<dyn Stream<Item = Result<RunUpdate, ClientError>> + Send>>,
+    inner: SseEvents,
+    last_event_id: Option<i64>,
+}
+
+impl RunUpdates {
+    /// The SSE id of the latest event received: pass it to
+    /// [`EtlClient::events_after`] to resume after a broken connection without a gap.
+    #[must_use]
+    pub const fn last_event_id(&self) -> Option<i64> {
+        self.last_event_id
+    }
 }
 
 impl Stream for RunUpdates {
     type Item = Result<RunUpdate, ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
+        loop {
+            let event = match std::task::ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+                Some(Ok(event)) => event,
+                Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                None => return Poll::Ready(None),
+            };
+            if let Some(id) = event.id.as_deref().and_then(|id| id.parse().ok()) {
+                self.last_event_id = Some(id);
+            }
+            if event.event == RUN_EVENT {
+                let update = serde_json::from_str::<RunUpdate>(&event.data)
+                    .map_err(|err| ClientError::Decode(err.to_string()));
+                return Poll::Ready(Some(update));
+            }
+        }
     }
 }
 
 impl fmt::Debug for RunUpdates {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RunUpdates").finish_non_exhaustive()
+        f.debug_struct("RunUpdates")
+            .field("last_event_id", &self.last_event_id)
+            .finish_non_exhaustive()
     }
 }
 
