@@ -142,14 +142,14 @@ impl BaseUrl {
         };
         let uri: Uri = url.parse().map_err(|_| invalid("not a URL"))?;
         let scheme = uri.scheme().cloned().ok_or_else(|| invalid("no scheme"))?;
-        if scheme == http::uri::Scheme::HTTPS {
+        if scheme == http::uri::Scheme::HTTPS && !cfg!(feature = "tls") {
             return Err(SourceConfigError::TlsUnsupported {
                 api,
                 url: url.to_owned(),
             });
         }
-        if scheme != http::uri::Scheme::HTTP {
-            return Err(invalid("the scheme must be http"));
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return Err(invalid("the scheme must be http or https"));
         }
         let authority = uri.authority().cloned().ok_or_else(|| invalid("no host"))?;
         if uri.query().is_some() {
@@ -184,6 +184,73 @@ impl BaseUrl {
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}://{}{path}", self.scheme, self.authority)
     }
+
+    #[cfg(feature = "tls")]
+    fn is_https(&self) -> bool {
+        self.scheme == http::uri::Scheme::HTTPS
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+type Connector = HttpConnector;
+
+#[cfg(feature = "tls")]
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+#[cfg(not(feature = "tls"))]
+fn connector(_api: &'static str, _base: &BaseUrl) -> Result<Connector, SourceConfigError> {
+    Ok(HttpConnector::new())
+}
+
+/// Where the system keeps its PEM bundle of trusted roots (Debian, Fedora, macOS/Alpine).
+#[cfg(feature = "tls")]
+const CA_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// An HTTP-or-HTTPS connector; for an `https` base the roots come from the PEM bundle
+/// named by `SSL_CERT_FILE`, else the system's.
+#[cfg(feature = "tls")]
+fn connector(api: &'static str, base: &BaseUrl) -> Result<Connector, SourceConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let roots_error = |reason: String| SourceConfigError::TlsRoots { api, reason };
+    let mut roots = rustls::RootCertStore::empty();
+    if base.is_https() {
+        let bundle = std::env::var_os("SSL_CERT_FILE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                CA_BUNDLES
+                    .iter()
+                    .map(std::path::PathBuf::from)
+                    .find(|path| path.exists())
+            })
+            .ok_or_else(|| roots_error("no CA bundle found; set SSL_CERT_FILE".to_owned()))?;
+        let certs = CertificateDer::pem_file_iter(&bundle)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|err| roots_error(format!("reading {}: {err}", bundle.display())))?;
+        let (added, _unparsable) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(roots_error(format!(
+                "no usable certificate in {}",
+                bundle.display()
+            )));
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| roots_error(err.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .build())
 }
 
 /// A fetched page: its headers and body.
@@ -203,7 +270,7 @@ struct Transient {
 #[derive(Clone)]
 pub(crate) struct SourceHttp {
     label: &'static str,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<Connector, Empty<Bytes>>,
     base: BaseUrl,
     token: Option<SourceToken>,
     headers: HeaderMap,
@@ -244,7 +311,7 @@ impl SourceHttp {
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let client = Client::builder(TokioExecutor::new()).build(connector(label, &base)?);
         Ok(Self {
             label,
             client,
@@ -551,10 +618,15 @@ mod tests {
             Some("/x?page=2")
         );
         assert_eq!(base.same_origin_path("http://evil.example/x"), None);
-        assert!(matches!(
-            BaseUrl::parse("jira", "https://example.atlassian.net"),
-            Err(SourceConfigError::TlsUnsupported { .. })
-        ));
+        let https = BaseUrl::parse("jira", "https://example.atlassian.net");
+        if cfg!(feature = "tls") {
+            assert_eq!(https.unwrap().url("/x"), "https://example.atlassian.net/x");
+        } else {
+            assert!(matches!(
+                https,
+                Err(SourceConfigError::TlsUnsupported { .. })
+            ));
+        }
         assert!(BaseUrl::parse("jira", "ftp://x").is_err());
         assert!(BaseUrl::parse("jira", "not a url").is_err());
     }
