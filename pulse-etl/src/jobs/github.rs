@@ -11,7 +11,7 @@ use super::http::{
 };
 use super::load::SourceItem;
 use super::{SourceConfigError, load_page, parse_page};
-use crate::engine::RetryPolicy;
+use crate::engine::{RetryPolicy, Schedule};
 use crate::job::{Job, JobContext, JobError, JobOutput};
 
 /// The registered name of the GitHub job.
@@ -28,6 +28,7 @@ pub struct GitHubConfig {
     pub(crate) fetch: FetchPolicy,
     pub(crate) retry: RetryPolicy,
     pub(crate) timeout: Duration,
+    pub(crate) schedule: Option<Schedule>,
 }
 
 impl GitHubConfig {
@@ -48,6 +49,7 @@ impl GitHubConfig {
             fetch: FetchPolicy::default(),
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(3600),
+            schedule: None,
         }
     }
 
@@ -83,6 +85,13 @@ impl GitHubConfig {
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Starts a run by itself on `schedule` (each slot fires once across instances).
+    #[must_use]
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = Some(schedule);
         self
     }
 }
@@ -253,6 +262,10 @@ impl Job for GitHubSync {
 
     fn retry_policy(&self) -> RetryPolicy {
         self.config.retry
+    }
+
+    fn schedule(&self) -> Option<Schedule> {
+        self.config.schedule.clone()
     }
 
     async fn run(&self, ctx: JobContext) -> Result<JobOutput, JobError> {

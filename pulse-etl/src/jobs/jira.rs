@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::http::{BaseUrl, FetchPolicy, SourceHttp, SourceToken, encode_query_value};
 use super::load::SourceItem;
 use super::{SourceConfigError, load_page, parse_page};
-use crate::engine::RetryPolicy;
+use crate::engine::{RetryPolicy, Schedule};
 use crate::job::{Job, JobContext, JobError, JobOutput};
 
 /// The registered name of the Jira job.
@@ -24,6 +24,7 @@ pub struct JiraConfig {
     pub(crate) fetch: FetchPolicy,
     pub(crate) retry: RetryPolicy,
     pub(crate) timeout: Duration,
+    pub(crate) schedule: Option<Schedule>,
 }
 
 impl JiraConfig {
@@ -39,6 +40,7 @@ impl JiraConfig {
             fetch: FetchPolicy::default(),
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(3600),
+            schedule: None,
         }
     }
 
@@ -82,6 +84,13 @@ impl JiraConfig {
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Starts a run by itself on `schedule` (each slot fires once across instances).
+    #[must_use]
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = Some(schedule);
         self
     }
 }
@@ -192,6 +201,10 @@ impl Job for JiraSync {
 
     fn retry_policy(&self) -> RetryPolicy {
         self.config.retry
+    }
+
+    fn schedule(&self) -> Option<Schedule> {
+        self.config.schedule.clone()
     }
 
     async fn run(&self, ctx: JobContext) -> Result<JobOutput, JobError> {

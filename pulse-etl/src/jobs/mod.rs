@@ -261,6 +261,22 @@ mod tests {
     }
 
     #[test]
+    fn schedules_and_policies_reach_the_registry() {
+        let every = crate::Schedule::every(std::time::Duration::from_secs(900)).unwrap();
+        let mut config = SeedJobsConfig::against("http://fixture:1");
+        config.jira = config
+            .jira
+            .with_schedule(every.clone())
+            .with_retry_policy(crate::RetryPolicy::never());
+        let mut registry = JobRegistry::new();
+        register_seed_jobs(&mut registry, config).unwrap();
+        let jira = registry.info(JIRA_SYNC).unwrap();
+        assert_eq!(jira.schedule, Some(every));
+        assert_eq!(jira.retry_policy.max_attempts, 1);
+        assert_eq!(registry.info(GITHUB_SYNC).unwrap().schedule, None);
+    }
+
+    #[test]
     fn invalid_configs_register_nothing() {
         let mut registry = JobRegistry::new();
         let config = SeedJobsConfig::new(
