@@ -1,0 +1,337 @@
+//! The backend (API gateway): login, JWT, the RBAC-checked `/api/etl/*` proxy with
+//! breaker and cache, `/ws/job-status`, `/health` and `/metrics`.
+
+pub mod auth;
+pub mod metrics;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use pulse_breaker::{Backoff, Breaker, BreakerConfig, CircuitBreakerLayer, HttpClassifier};
+use pulse_core::health::{Health, HealthAggregator, check_fn};
+use pulse_core::internal_auth::{InternalCredentialLayer, InternalTokenMinter, KeyRing};
+use pulse_core::jwt::{
+    JwtAuthLayer, JwtVerifier, SigningKey, TokenIssuer, VerificationKey, VerifiedTokenCache,
+};
+use pulse_core::rbac::{Role, RoleMap, RuleTable};
+use pulse_core::request_id::RequestId;
+use pulse_core::{AuthorizeLayer, RequestIdLayer};
+use pulse_etl::client::EtlClient;
+use pulse_proxy::cache::{CacheLayer, CacheStats, MemoryStore};
+use pulse_proxy::transport::{HttpTransport, TransportConfig};
+use pulse_proxy::{Proxy, ProxyConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use self::auth::{Auth, json_error};
+use self::ws::Hub;
+use super::config::{Options, Secrets};
+use super::etl::{INTERNAL_TOKEN_AUDIENCE, INTERNAL_TOKEN_ISSUER};
+use super::serve::{Running, serve};
+
+/// The issuer of user tokens.
+pub const TOKEN_ISSUER: &str = "pulse-gateway";
+/// The lifetime of user tokens.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// How long `/api/etl/jobs/status` answers are cached.
+pub const STATUS_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// What the gateway's handlers share.
+#[derive(Clone)]
+pub struct Gateway {
+    /// The circuit breaker in front of the ETL service.
+    pub breaker: Breaker,
+    /// The status cache's counters.
+    pub cache_stats: CacheStats,
+    /// The WebSocket fan-out.
+    pub hub: Hub,
+    /// Verifies user tokens (also for the WebSocket handshake).
+    pub verifier: JwtVerifier,
+    health: Arc<HealthAggregator>,
+}
+
+/// The running gateway.
+#[derive(Debug)]
+pub struct BackendService {
+    /// The server.
+    pub server: Running,
+    /// The circuit breaker in front of the ETL service (the tests watch its state).
+    #[allow(dead_code)]
+    pub breaker: Breaker,
+    stop_hub: watch::Sender<bool>,
+}
+
+impl BackendService {
+    /// Stop: in-flight requests finish, then the upstream subscription closes.
+    pub async fn stop(self) {
+        self.server.stop().await;
+        let _ = self.stop_hub.send(true);
+    }
+}
+
+/// The demo roles: admin holds every permission, viewer may only look.
+pub fn roles() -> RoleMap {
+    RoleMap::new()
+        .with_role(
+            "admin",
+            Role::new(["*"]).with_description("every permission"),
+        )
+        .with_role(
+            "viewer",
+            Role::new(["etl.access"]).with_description("read-only"),
+        )
+}
+
+/// The gateway's rule table: deny by default.
+pub fn rule_table() -> anyhow::Result<RuleTable> {
+    RuleTable::builder()
+        .require(
+            "POST",
+            "/api/etl/jobs/{name}/start",
+            ["etl.access", "etl.jobs.run"],
+        )
+        .require(
+            "POST",
+            "/api/etl/jobs/start",
+            ["etl.access", "etl.jobs.run"],
+        )
+        .require(
+            "POST",
+            "/api/etl/runs/{id}/cancel",
+            ["etl.access", "etl.jobs.run"],
+        )
+        .require("ANY", "/api/etl/*", ["etl.access"])
+        .build()
+        .context("gateway rule table")
+}
+
+/// Start the gateway on `listener`.
+pub async fn start(
+    options: &Options,
+    secrets: &Secrets,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+) -> anyhow::Result<BackendService> {
+    // The Prometheus recorder, installed once per process.
+    let _ = super::telemetry::prometheus();
+    let etl_url = options.etl_url();
+    let ring = KeyRing::parse(&secrets.internal_keys).context("PULSE_INTERNAL_KEYS")?;
+    let issuer =
+        TokenIssuer::new(SigningKey::hmac(&secrets.jwt_secret).context("PULSE_JWT_SECRET")?)
+            .with_issuer(TOKEN_ISSUER)
+            .with_lifetime(TOKEN_LIFETIME);
+    let verifier = JwtVerifier::new(VerificationKey::hmac(&secrets.jwt_secret)?)
+        .with_issuer(TOKEN_ISSUER)
+        .with_cache(VerifiedTokenCache::new(10_000));
+
+    let mut users = Auth::new(
+        issuer,
+        roles(),
+        options.argon2_memory_kib,
+        options.argon2_iterations,
+    )?;
+    if options.demo_enabled() {
+        users.add_user("admin", "admin@pulse.local", "admin", &["admin"])?;
+        users.add_user("viewer", "viewer@pulse.local", "viewer", &["viewer"])?;
+    }
+    let users = Arc::new(users);
+
+    let breaker = Breaker::new(
+        BreakerConfig::default()
+            .with_consecutive_failures(Some(5))
+            .with_minimum_calls(10)
+            .with_backoff(Backoff::constant(Duration::from_millis(
+                options.breaker_open_ms,
+            ))),
+    )
+    .map_err(|e| anyhow::anyhow!("breaker configuration: {e}"))?;
+    let minter = InternalTokenMinter::new(
+        SigningKey::hmac(secrets.primary_internal_secret()?)?,
+        INTERNAL_TOKEN_ISSUER,
+    );
+
+    // The outbound side, innermost first (a request passes these bottom-up).
+    let transport = ServiceBuilder::new()
+        // Open circuit → BreakerOpen, which the proxy answers 503 circuit_open + Retry-After;
+        // 5xx and transport errors count as failures, 4xx do not.
+        .layer(CircuitBreakerLayer::new(breaker.clone()).with_classifier(HttpClassifier::new()))
+        // Each request carries the ring's key and a token signed for the verified user.
+        .layer(
+            InternalCredentialLayer::new()
+                .with_key(ring.clone())
+                .with_token(minter, INTERNAL_TOKEN_AUDIENCE),
+        )
+        // Pooled HTTP/1 to the ETL; refuse fast (1 s connect) when it is down.
+        .service(HttpTransport::new(
+            TransportConfig::new().with_connect_timeout(Some(Duration::from_secs(1))),
+        ));
+    let proxy_config = ProxyConfig::new(etl_url.parse().context("PULSE_ETL_URL")?)
+        .map_err(|_| anyhow::anyhow!("PULSE_ETL_URL must be http://host:port"))?
+        // The public prefix maps onto the ETL's versioned API.
+        .with_prefix_rewrite("/api/etl/", "/api/v1/")
+        // Slow jobs API → 504 after 30 s instead of a hung gateway.
+        .with_response_timeout(Duration::from_secs(30));
+    let proxy = Proxy::new(transport, proxy_config);
+
+    // The dashboard polls the status: one upstream call per second however many tabs.
+    let cache = CacheLayer::new(MemoryStore::new()).with_ttl(STATUS_CACHE_TTL);
+    let cache_stats = cache.stats();
+    let status = cache.layer(proxy.clone());
+
+    let (stop_hub, hub_stopped) = watch::channel(false);
+    let hub = Hub::start(&etl_url, ring, hub_stopped)?;
+    let gateway = Gateway {
+        breaker: breaker.clone(),
+        cache_stats,
+        hub,
+        verifier: verifier.clone(),
+        health: Arc::new(health_checks(&etl_url)?),
+    };
+
+    // `/api/etl/*`, outermost first (the correlation id and trace are on the whole router).
+    let etl_routes = Router::new()
+        .route_service(
+            "/api/etl/jobs/status",
+            status.map_response(IntoResponse::into_response),
+        )
+        .route_service(
+            "/api/etl/{*path}",
+            proxy.map_response(IntoResponse::into_response),
+        )
+        // Innermost: count every answer that reached the proxy, by route, status and error kind.
+        .layer(middleware::from_fn(metrics::record))
+        // Deny by default: etl.access for anything, etl.jobs.run to start or cancel.
+        .layer(AuthorizeLayer::new(rule_table()?))
+        // Everything under /api/etl needs a valid user token (401 + WWW-Authenticate
+        // otherwise); the verified user becomes the span's user_id.
+        .layer(JwtAuthLayer::new(verifier.clone()));
+
+    let public = Router::new()
+        .route("/api/auth/login", post(auth::login))
+        .with_state(Arc::clone(&users))
+        .merge(
+            Router::new()
+                .route("/api/auth/me", get(auth::me))
+                .layer(JwtAuthLayer::new(verifier)),
+        )
+        .route("/ws/job-status", any(ws::job_status))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics::render))
+        .with_state(gateway)
+        .layer(middleware::from_fn(metrics::record));
+
+    let router = Router::new()
+        .merge(public)
+        .merge(etl_routes)
+        .fallback(not_found)
+        // Retry-After on every 503 without one, so clients back off.
+        .layer(middleware::from_fn(retry_after_on_503))
+        // One log line per request, inside the request span (request_id, user_id).
+        .layer(TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)))
+        // Outermost, edge mode: the gateway chooses the id; a client's is logged as client_request_id.
+        .layer(RequestIdLayer::edge());
+
+    let server = serve("backend", listener, router, tls, options.shutdown_grace())?;
+    Ok(BackendService {
+        server,
+        breaker,
+        stop_hub,
+    })
+}
+
+/// backend_service (this process), etl_service (`GET /health` of the ETL) and database
+/// (as the ETL reports its store).
+fn health_checks(etl_url: &str) -> anyhow::Result<HealthAggregator> {
+    let client = EtlClient::http(etl_url)?.with_timeout(Duration::from_secs(2));
+    let etl_client = client.clone();
+    Ok(HealthAggregator::new()
+        .with_timeout(Duration::from_secs(3))
+        .with_check("backend_service", check_fn(|| async { Health::Healthy }))
+        .with_check(
+            "etl_service",
+            check_fn(move || {
+                let client = etl_client.clone();
+                async move {
+                    match client.health().await {
+                        Ok(health)
+                            if health.status.is_success()
+                                || health.status == StatusCode::SERVICE_UNAVAILABLE =>
+                        {
+                            // The ETL answered: it is up (its store is the `database` check).
+                            Health::Healthy
+                        }
+                        Ok(_) => Health::unhealthy("unexpected answer"),
+                        Err(error) => {
+                            tracing::warn!(%error, "ETL health check failed");
+                            Health::unhealthy("unreachable")
+                        }
+                    }
+                }
+            }),
+        )
+        .with_check(
+            "database",
+            check_fn(move || {
+                let client = client.clone();
+                async move {
+                    match client.health().await {
+                        Ok(health) => {
+                            let status = health.report["services"]["database"]["status"].as_str();
+                            if status == Some("healthy") {
+                                Health::Healthy
+                            } else {
+                                Health::unhealthy("store unavailable")
+                            }
+                        }
+                        Err(_) => Health::unhealthy("unknown: ETL unreachable"),
+                    }
+                }
+            }),
+        ))
+}
+
+async fn health(State(gateway): State<Gateway>) -> Response {
+    let report = gateway.health.check().await;
+    let healthy = report.is_healthy();
+    let mut response = report.into_http_response().map(Body::new);
+    if !healthy {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    response
+}
+
+async fn retry_after_on_503(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !response.headers().contains_key(header::RETRY_AFTER)
+    {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    response
+}
+
+async fn not_found() -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "No such route",
+        RequestId::current().map(|id| id.to_string()),
+    )
+}

@@ -1,0 +1,292 @@
+//! Command line, environment and the secrets kept in the data folder.
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use rand::RngCore;
+
+/// Pulse full stack: dashboard (frontend), API gateway (backend) and ETL job service.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "full_stack",
+    about = "Pulse: a browser dashboard, an API gateway and an ETL job service, talking over real HTTP.",
+    long_about = "Pulse: a browser dashboard (frontend, :3000), an API gateway (backend, :8000) and an \
+internal ETL job service (:8001). Without a subcommand all three run in this process, each on its own \
+listener; `frontend`, `backend` or `etl` runs one alone (they find each other with PULSE_BACKEND_URL and \
+PULSE_ETL_URL).\n\nSecrets not given (PULSE_JWT_SECRET, PULSE_INTERNAL_KEYS) are generated once and kept \
+in the data folder (mode 0600), so separate processes and restarts share them. Secrets are never printed."
+)]
+pub struct Cli {
+    /// Which service to run (default: all three).
+    #[command(subcommand)]
+    pub command: Option<Service>,
+    /// Settings shared by every service.
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// One service, or all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Service {
+    /// All three services in one process (the default).
+    All,
+    /// The dashboard: static assets; /api/*, /ws/* and /health forwarded to the backend.
+    Frontend,
+    /// The API gateway: login, JWT, RBAC, the /api/etl/* proxy, /ws/job-status, /health, /metrics.
+    Backend,
+    /// The internal ETL job service: job engine, store and its API behind internal auth.
+    Etl,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every address, key, secret and URL, by flag and by environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct Options {
+    /// Where the dashboard listens.
+    #[arg(long, env = "PULSE_FRONTEND_ADDR", default_value = "127.0.0.1:3000")]
+    pub frontend_addr: SocketAddr,
+    /// Where the gateway listens.
+    #[arg(long, env = "PULSE_BACKEND_ADDR", default_value = "127.0.0.1:8000")]
+    pub backend_addr: SocketAddr,
+    /// Where the ETL service listens.
+    #[arg(long, env = "PULSE_ETL_ADDR", default_value = "127.0.0.1:8001")]
+    pub etl_addr: SocketAddr,
+    /// The gateway's URL as the frontend reaches it [default: from --backend-addr].
+    #[arg(long, env = "PULSE_BACKEND_URL")]
+    pub backend_url: Option<String>,
+    /// The ETL service's URL as the gateway reaches it [default: from --etl-addr].
+    #[arg(long, env = "PULSE_ETL_URL")]
+    pub etl_url: Option<String>,
+    /// The job store: `sqlite://path` or `postgres://…` [default: SQLite file in the data folder].
+    #[arg(long, env = "PULSE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The data folder: SQLite database, generated secrets, self-signed certificate.
+    #[arg(long, env = "PULSE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// HS256 secret of user tokens, at least 32 bytes [default: generated, kept in the data folder].
+    #[arg(long, env = "PULSE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Internal keys `id:secret,…`: the first is sent, all are accepted [default: generated, kept in the data folder].
+    #[arg(long, env = "PULSE_INTERNAL_KEYS", hide_env_values = true)]
+    pub internal_keys: Option<String>,
+    /// Seed the demo users admin@pulse.local/admin and viewer@pulse.local/viewer.
+    #[arg(long, env = "PULSE_DEMO", default_value_t = true, action = ArgAction::Set)]
+    pub demo: bool,
+    /// Seed nobody (same as --demo false).
+    #[arg(long)]
+    pub no_demo: bool,
+    /// Log format.
+    #[arg(long, env = "PULSE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// PEM certificate (chain): the backend and the frontend serve HTTPS.
+    #[arg(long, env = "PULSE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PULSE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Generate a self-signed certificate for localhost into the data folder and serve HTTPS.
+    #[arg(long, env = "PULSE_SELF_SIGNED", conflicts_with = "tls_cert")]
+    pub self_signed: bool,
+    /// Jira base URL for `jira_sync` [default: the bundled fixture source].
+    #[arg(long, env = "PULSE_JIRA_URL")]
+    pub jira_url: Option<String>,
+    /// Jira bearer token.
+    #[arg(long, env = "PULSE_JIRA_TOKEN", hide_env_values = true)]
+    pub jira_token: Option<String>,
+    /// GitHub API base URL for `github_sync` [default: the bundled fixture source].
+    #[arg(long, env = "PULSE_GITHUB_URL")]
+    pub github_url: Option<String>,
+    /// GitHub bearer token.
+    #[arg(long, env = "PULSE_GITHUB_TOKEN", hide_env_values = true)]
+    pub github_token: Option<String>,
+    /// GitHub repository `owner/repo` for `github_sync`.
+    #[arg(long, env = "PULSE_GITHUB_REPO", default_value = "pulse/demo")]
+    pub github_repo: String,
+    /// Fixture source: wait before every answer, in milliseconds.
+    #[arg(
+        long,
+        env = "PULSE_FIXTURE_LATENCY_MS",
+        default_value_t = 400,
+        hide = true
+    )]
+    pub fixture_latency_ms: u64,
+    /// How long the circuit to the ETL service stays open, in milliseconds.
+    #[arg(long, env = "PULSE_BREAKER_OPEN_MS", default_value_t = 5000)]
+    pub breaker_open_ms: u64,
+    /// Argon2id memory cost in KiB (OWASP: 19456).
+    #[arg(
+        long,
+        env = "PULSE_ARGON2_MEMORY_KIB",
+        default_value_t = 19456,
+        hide = true
+    )]
+    pub argon2_memory_kib: u32,
+    /// Argon2id time cost (iterations).
+    #[arg(
+        long,
+        env = "PULSE_ARGON2_ITERATIONS",
+        default_value_t = 2,
+        hide = true
+    )]
+    pub argon2_iterations: u32,
+    /// Longest wait for in-flight requests at shutdown, in milliseconds.
+    #[arg(long, env = "PULSE_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Options {
+    /// Whether the demo users are seeded.
+    pub fn demo_enabled(&self) -> bool {
+        self.demo && !self.no_demo
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// The scheme the backend and the frontend serve.
+    pub fn public_scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() || self.self_signed {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The gateway's URL as the frontend reaches it.
+    pub fn backend_url(&self) -> String {
+        self.backend_url.clone().unwrap_or_else(|| {
+            format!(
+                "{}://{}",
+                self.public_scheme(),
+                connectable(self.backend_addr)
+            )
+        })
+    }
+
+    /// The ETL service's URL as the gateway reaches it.
+    pub fn etl_url(&self) -> String {
+        self.etl_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", connectable(self.etl_addr)))
+    }
+
+    /// The job store URL.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("pulse.db").display()))
+    }
+}
+
+/// A listen address as a client can reach it (`0.0.0.0` → `127.0.0.1`).
+pub fn connectable(addr: SocketAddr) -> SocketAddr {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+/// The secrets every service needs, resolved once.
+#[derive(Clone)]
+pub struct Secrets {
+    /// HS256 secret of user tokens.
+    pub jwt_secret: String,
+    /// `id:secret,…`.
+    pub internal_keys: String,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets { .. }")
+    }
+}
+
+impl Secrets {
+    /// From the options, else from (or newly into) the data folder.
+    pub fn resolve(options: &Options) -> anyhow::Result<Self> {
+        let dir = options.data_dir.join("secrets");
+        let jwt_secret = match &options.jwt_secret {
+            Some(secret) => secret.clone(),
+            None => load_or_create(&dir.join("jwt_secret"), || random_hex(32))?,
+        };
+        if jwt_secret.len() < 32 {
+            bail!("PULSE_JWT_SECRET must be at least 32 bytes");
+        }
+        let internal_keys = match &options.internal_keys {
+            Some(keys) => keys.clone(),
+            None => load_or_create(&dir.join("internal_keys"), || {
+                format!("gw:{}", random_hex(32))
+            })?,
+        };
+        Ok(Self {
+            jwt_secret,
+            internal_keys,
+        })
+    }
+
+    /// The secret of the first (sent) internal key: also the key signing internal tokens.
+    pub fn primary_internal_secret(&self) -> anyhow::Result<&str> {
+        self.internal_keys
+            .split(',')
+            .next()
+            .and_then(|entry| entry.trim().split_once(':'))
+            .map(|(_, secret)| secret)
+            .context("PULSE_INTERNAL_KEYS must be `id:secret,…`")
+    }
+}
+
+/// `bytes` random bytes as hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The trimmed content of `path`, or `make()` written there first (mode 0600).
+fn load_or_create(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<String> {
+    if let Ok(existing) = fs::read_to_string(path) {
+        let existing = existing.trim().to_owned();
+        if !existing.is_empty() {
+            return Ok(existing);
+        }
+    }
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let value = make();
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(value.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(value)
+        }
+        // Another process created it first: use theirs.
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(fs::read_to_string(path)?.trim().to_owned())
+        }
+        Err(err) => Err(err).with_context(|| format!("creating {}", path.display())),
+    }
+}

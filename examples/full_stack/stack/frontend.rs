@@ -1,0 +1,146 @@
+//! The frontend service: the dashboard's files, embedded in the binary, and the
+//! forwarding of `/api/*`, `/ws/*` (WebSocket upgrades) and `/health` to the backend.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use pulse_core::RequestIdLayer;
+use pulse_proxy::transport::{HttpTransport, TransportConfig};
+use pulse_proxy::{Proxy, ProxyConfig};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use super::config::Options;
+use super::serve::{Running, serve};
+
+/// The Content-Security-Policy of every answer.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+const STYLE_CSS: &str = include_str!("../assets/style.css");
+const APP_JS: &str = include_str!("../assets/app.js");
+const API_JS: &str = include_str!("../assets/api.js");
+const VIEWS_JS: &str = include_str!("../assets/views.js");
+const WS_JS: &str = include_str!("../assets/ws.js");
+const FAVICON_SVG: &str = include_str!("../assets/favicon.svg");
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The frontend's router, forwarding to `backend_url`.
+pub fn router(backend_url: &str, tls: rustls::ClientConfig) -> anyhow::Result<Router> {
+    // Refuse fast (1 s connect) when the backend is down; TLS when its URL is https.
+    let transport = HttpTransport::https(
+        TransportConfig::new().with_connect_timeout(Some(Duration::from_secs(1))),
+        tls,
+    );
+    let config = ProxyConfig::new(backend_url.parse().context("PULSE_BACKEND_URL")?)
+        .map_err(|_| anyhow::anyhow!("PULSE_BACKEND_URL must be http(s)://host:port"))?
+        // WebSocket handshakes (with Sec-WebSocket-Protocol) go through, then the sockets are spliced.
+        .with_upgrades(true)
+        // The gateway verifies the user's bearer token itself.
+        .with_forward_authorization(true)
+        .with_response_timeout(Duration::from_secs(35));
+    let proxy = Proxy::new(transport, config).map_response(IntoResponse::into_response);
+    Ok(Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/index.html",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/api.js",
+            get(|| async { asset("text/javascript; charset=utf-8", API_JS) }),
+        )
+        .route(
+            "/views.js",
+            get(|| async { asset("text/javascript; charset=utf-8", VIEWS_JS) }),
+        )
+        .route(
+            "/ws.js",
+            get(|| async { asset("text/javascript; charset=utf-8", WS_JS) }),
+        )
+        .route(
+            "/favicon.svg",
+            get(|| async { asset("image/svg+xml", FAVICON_SVG) }),
+        )
+        .route_service("/health", proxy.clone())
+        .route_service("/api/{*path}", proxy.clone())
+        .route_service("/ws/{*path}", proxy)
+        .fallback(|| async { (StatusCode::NOT_FOUND, "Not found").into_response() })
+        // Browser hardening on every answer, forwarded ones included.
+        .layer(middleware::from_fn(security_headers))
+        .layer(TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)))
+        // The browser's edge: ids are ours; the gateway logs ours as its client_request_id.
+        .layer(RequestIdLayer::edge()))
+}
+
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        HeaderName::from_static("x-frame-options"),
+        HeaderValue::from_static("DENY"),
+    );
+    response
+}
+
+/// Start the frontend on `listener`; `trusted_cert` is the backend's certificate when
+/// it serves HTTPS.
+pub fn start(
+    options: &Options,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    trusted_cert: Option<&std::path::Path>,
+) -> anyhow::Result<Running> {
+    let client = super::tls::client_config(trusted_cert)?;
+    let router = router(&options.backend_url(), client)?;
+    Ok(serve(
+        "frontend",
+        listener,
+        router,
+        tls,
+        options.shutdown_grace(),
+    )?)
+}

@@ -1,0 +1,98 @@
+//! HTTPS for the backend and the frontend: a PEM certificate and key, or a
+//! self-signed pair generated into the data folder (rustls with the ring provider).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+use super::config::Options;
+
+/// The certificate and key files to serve with, if any (generating a self-signed pair
+/// when asked).
+pub fn files(options: &Options) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+    if let (Some(cert), Some(key)) = (&options.tls_cert, &options.tls_key) {
+        return Ok(Some((cert.clone(), key.clone())));
+    }
+    if !options.self_signed {
+        return Ok(None);
+    }
+    let dir = options.data_dir.join("tls");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    if !(cert.exists() && key.exists()) {
+        generate_self_signed(&cert, &key)?;
+        tracing::info!(cert = %cert.display(), "generated a self-signed certificate for localhost");
+    }
+    Ok(Some((cert, key)))
+}
+
+/// Write a self-signed certificate for `localhost`, `127.0.0.1` and `::1`.
+pub fn generate_self_signed(cert_path: &Path, key_path: &Path) -> anyhow::Result<()> {
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let certified =
+        rcgen::generate_simple_self_signed(names).context("generating a certificate")?;
+    if let Some(dir) = cert_path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(cert_path, certified.cert.pem())?;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(key_path)?
+        .write_all(certified.signing_key.serialize_pem().as_bytes())?;
+    Ok(())
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS acceptor serving `cert` (PEM chain) with `key` (PEM), over HTTP/1.1 (so
+/// WebSocket upgrades work everywhere).
+pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("certificate and key do not match")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A client configuration trusting the certificates in `cert` (for the frontend's hop
+/// to a backend serving that certificate), or nothing (plain HTTP only).
+pub fn client_config(cert: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(cert) = cert {
+        for der in CertificateDer::pem_file_iter(cert)? {
+            roots.add(der?).context("trusting the certificate")?;
+        }
+    }
+    // ALPN is left to the transport (hyper-rustls sets it); the backend offers only
+    // HTTP/1.1, so WebSocket upgrades work on this hop.
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

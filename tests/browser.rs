@@ -1,0 +1,313 @@
+//! The dashboard in a real browser: headless Chromium driven over WebDriver
+//! (fantoccini + chromedriver) against the full stack on loopback ports.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`chromedriver` on PATH, or
+//! `PULSE_TEST_CHROMEDRIVER`; the browser binary from `PULSE_TEST_CHROMIUM`, else
+//! `chromium` on PATH). CI runs it with `cargo test --test browser -- --ignored`.
+//! On failure a screenshot goes to `target/test-output/`; on success the dashboard is
+//! saved as `docs/dashboard.png` for the README.
+
+#[allow(dead_code, unreachable_pub, unused_imports)]
+#[path = "../examples/full_stack/stack/mod.rs"]
+mod stack;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use stack::Stack;
+use stack::config::{Cli, LogFormat, Service};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// chromedriver on a free port, killed when dropped.
+struct Driver {
+    // Held so that `kill_on_drop` stops chromedriver with the test.
+    _child: tokio::process::Child,
+    url: String,
+}
+
+impl Driver {
+    async fn spawn() -> anyhow::Result<Self> {
+        let path = std::env::var_os("PULSE_TEST_CHROMEDRIVER")
+            .map(PathBuf::from)
+            .or_else(|| find_on_path("chromedriver"))
+            .context("chromedriver not found (apt-get install chromium-driver)")?;
+        let port = free_port();
+        let child = tokio::process::Command::new(path)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting chromedriver")?;
+        let url = format!("http://127.0.0.1:{port}");
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .context("chromedriver did not start listening")?;
+        Ok(Self { _child: child, url })
+    }
+}
+
+async fn browser(driver: &Driver, profile: &Path) -> anyhow::Result<Client> {
+    let mut args = vec![
+        "--headless".to_owned(),
+        "--no-sandbox".to_owned(),
+        "--disable-gpu".to_owned(),
+        "--disable-dev-shm-usage".to_owned(),
+        "--disable-background-networking".to_owned(),
+        "--disable-component-update".to_owned(),
+        "--disable-sync".to_owned(),
+        "--no-first-run".to_owned(),
+        "--window-size=1440,1000".to_owned(),
+    ];
+    args.push(format!("--user-data-dir={}", profile.display()));
+    let mut options = json!({ "args": args });
+    if let Some(binary) = std::env::var_os("PULSE_TEST_CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| find_on_path("chromium"))
+    {
+        options["binary"] = Value::String(binary.display().to_string());
+    }
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert("goog:chromeOptions".to_owned(), options);
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .context("opening a WebDriver session")
+}
+
+/// The state badge text and the progress value of a job card.
+async fn card(client: &Client, job: &str) -> anyhow::Result<(String, Option<f64>, bool)> {
+    let script = r#"
+        const card = document.querySelector(`[data-testid="job-${arguments[0]}"]`);
+        if (!card) return null;
+        const badge = card.querySelector('[data-testid="state-badge"]');
+        const bar = card.querySelector('[data-testid="progress"]');
+        const start = card.querySelector('[data-testid="start-btn"]');
+        const now = bar ? bar.getAttribute("aria-valuenow") : null;
+        return [badge ? badge.textContent.trim() : "", now === null ? null : Number(now), start ? !start.disabled : false];
+    "#;
+    let value = client.execute(script, vec![json!(job)]).await?;
+    let Some(parts) = value.as_array() else {
+        return Ok((String::new(), None, false));
+    };
+    Ok((
+        parts
+            .first()
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        parts.get(1).and_then(Value::as_f64),
+        parts.get(2).and_then(Value::as_bool).unwrap_or(false),
+    ))
+}
+
+async fn login(client: &Client, base: &str, email: &str, password: &str) -> anyhow::Result<()> {
+    client.goto(&format!("{base}/")).await?;
+    let email_field = client
+        .wait()
+        .at_most(DEADLINE)
+        .for_element(Locator::Css("#email"))
+        .await?;
+    // The login view is shown once the page has checked for a stored session.
+    tokio::time::timeout(DEADLINE, async {
+        while !email_field.is_displayed().await.unwrap_or(false) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .context("login form shown")?;
+    email_field.clear().await?;
+    email_field.send_keys(email).await?;
+    let password_field = client.find(Locator::Css("#password")).await?;
+    password_field.clear().await?;
+    password_field.send_keys(password).await?;
+    client
+        .find(Locator::Css("#login-submit"))
+        .await?
+        .click()
+        .await?;
+    // The dashboard shows the job cards.
+    client
+        .wait()
+        .at_most(DEADLINE)
+        .for_element(Locator::Css(
+            r#"[data-testid="job-jira_sync"] [data-testid="start-btn"]"#,
+        ))
+        .await?;
+    Ok(())
+}
+
+async fn scenario(client: &Client, base: &str) -> anyhow::Result<()> {
+    login(client, base, "admin@pulse.local", "admin").await?;
+    tokio::time::timeout(DEADLINE, async {
+        while !card(client, "jira_sync").await?.2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("the admin's start button becomes enabled")??;
+    client
+        .find(Locator::Css(
+            r#"[data-testid="job-jira_sync"] [data-testid="start-btn"]"#,
+        ))
+        .await?
+        .click()
+        .await?;
+
+    // Watch without reloading: the bar moves and the badge ends at `succeeded`.
+    let mut seen = BTreeSet::new();
+    let mut states = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let (state, progress, _) = card(client, "jira_sync").await?;
+            if let Some(p) = progress {
+                seen.insert((p * 10.0) as i64);
+            }
+            if states.last() != Some(&state) {
+                states.push(state.clone());
+            }
+            if state == "succeeded" {
+                return anyhow::Ok(());
+            }
+            if state == "failed" || state == "cancelled" {
+                bail!("the run ended {state}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .with_context(|| format!("the run succeeds in the page (states seen {states:?})"))??;
+    let moving: Vec<_> = seen.iter().filter(|p| **p > 0 && **p < 1000).collect();
+    if moving.is_empty() {
+        bail!("the progress bar never showed an intermediate value: {seen:?} (states {states:?})");
+    }
+    if !states.iter().any(|s| s == "running") {
+        bail!("the badge never showed running: {states:?}");
+    }
+
+    // The screenshot for the README: the finished run on the dashboard, once the bar's
+    // CSS transition has settled (for the picture only; nothing is asserted after it).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let png = client.screenshot().await?;
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    std::fs::create_dir_all(&docs)?;
+    std::fs::write(docs.join("dashboard.png"), png)?;
+
+    // The viewer sees the same jobs, with the start button disabled.
+    client
+        .find(Locator::Css(r#"[data-testid="logout"]"#))
+        .await?
+        .click()
+        .await?;
+    login(client, base, "viewer@pulse.local", "viewer").await?;
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let (state, _, start_enabled) = card(client, "jira_sync").await?;
+            if state == "succeeded" {
+                if start_enabled {
+                    bail!("the viewer's start button is enabled");
+                }
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .context("the viewer's dashboard loads")??;
+    let start = client
+        .find(Locator::Css(
+            r#"[data-testid="job-jira_sync"] [data-testid="start-btn"]"#,
+        ))
+        .await?;
+    if start.is_enabled().await? {
+        bail!("the viewer's start button is enabled");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromedriver (Debian chromium-driver)"]
+async fn the_dashboard_runs_a_job_live_and_respects_permissions() {
+    stack::telemetry::init_logs(LogFormat::Text);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cli = <Cli as clap::Parser>::try_parse_from([
+        "full_stack",
+        "--frontend-addr",
+        "127.0.0.1:0",
+        "--backend-addr",
+        "127.0.0.1:0",
+        "--etl-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().join("data").to_str().expect("utf-8"),
+        // Slow enough pages that the bar visibly moves.
+        "--fixture-latency-ms",
+        "300",
+        "--argon2-memory-kib",
+        "1024",
+        "--argon2-iterations",
+        "1",
+        "--shutdown-grace-ms",
+        "500",
+    ])
+    .expect("arguments");
+    let stack = tokio::time::timeout(DEADLINE, Stack::start(Service::All, cli.options))
+        .await
+        .expect("stack starts in time")
+        .expect("stack starts");
+    let base = format!("http://{}", stack.frontend.as_ref().expect("frontend").addr);
+
+    let driver = Driver::spawn().await.expect("chromedriver");
+    let client = browser(&driver, &dir.path().join("profile"))
+        .await
+        .expect("browser session");
+    let outcome = scenario(&client, &base).await;
+    if let Err(error) = &outcome {
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-output");
+        let _ = std::fs::create_dir_all(&out);
+        if let Ok(png) = client.screenshot().await {
+            let _ = std::fs::write(out.join("browser-failure.png"), png);
+        }
+        eprintln!(
+            "browser test failed: {error:#}; screenshot in {}",
+            out.display()
+        );
+    }
+    let _ = client.close().await;
+    drop(driver);
+    stack.shutdown().await;
+    if let Err(error) = outcome {
+        panic!("{error:#}");
+    }
+}
