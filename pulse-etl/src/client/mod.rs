@@ -9,6 +9,10 @@
 //! [`with_request_id`](EtlClient::with_request_id), else [`RequestId::current`], else
 //! a fresh one).
 //!
+//! [`events`](EtlClient::events) is one subscription; [`follow`](EtlClient::follow)
+//! is the one a gateway wants: it reconnects with backoff and resumes after the last
+//! event id, so the service replays what the broken connection missed.
+//!
 //! ```
 //! use futures_util::StreamExt;
 //! use pulse_core::internal_auth::{InternalAuthLayer, KeyRing};
@@ -49,13 +53,10 @@
 //! ```
 
 use std::fmt;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::Stream;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
@@ -71,16 +72,18 @@ use serde_json::Value;
 use tower::{Service, ServiceExt};
 
 use crate::api::{
-    CancelResponse, IDEMPOTENCY_KEY, JobView, JobsResponse, LogEntry, LogsResponse, RUN_EVENT,
-    RunUpdate, RunsResponse, StartJobBody, StartResponse, StatusResponse,
+    CancelResponse, IDEMPOTENCY_KEY, JobView, JobsResponse, LogEntry, LogsResponse, RunsResponse,
+    StartJobBody, StartResponse, StatusResponse,
 };
 use crate::model::{Run, RunId};
 
 mod error;
 mod sse;
+mod stream;
 
 pub use error::{BoxError, ClientError};
 pub use sse::{SseDecoder, SseEvent};
+pub use stream::{FOLLOW_INITIAL_BACKOFF, FOLLOW_MAX_BACKOFF, RunUpdates, SseEvents};
 
 /// The pooled hyper-util HTTP/1 client over TCP.
 pub type HttpTransport = Client<HttpConnector, Full<Bytes>>;
@@ -386,10 +389,7 @@ where
         last_event_id: Option<i64>,
     ) -> Result<RunUpdates, ClientError> {
         let raw = self.sse_events(last_event_id).await?;
-        Ok(RunUpdates {
-            inner: raw,
-            last_event_id,
-        })
+        Ok(RunUpdates::new(raw, last_event_id))
     }
 
     /// `GET /api/v1/events` as raw server-sent events (with their ids).
@@ -422,37 +422,7 @@ where
                 "the event stream is not text/event-stream".to_owned(),
             ));
         }
-        let state = (
-            Some(Box::pin(response.into_body())),
-            SseDecoder::new(),
-            sse::Pending::new(),
-        );
-        let stream = futures_util::stream::unfold(
-            state,
-            |(mut body, mut decoder, mut pending)| async move {
-                loop {
-                    if let Some(event) = pending.pop_front() {
-                        return Some((Ok(event), (body, decoder, pending)));
-                    }
-                    let frame = body.as_mut()?.frame().await;
-                    match frame {
-                        Some(Ok(frame)) => {
-                            if let Ok(data) = frame.into_data() {
-                                pending.extend(decoder.push(&data));
-                            }
-                        }
-                        Some(Err(err)) => {
-                            let err = ClientError::Transport(err.into());
-                            return Some((Err(err), (None, decoder, pending)));
-                        }
-                        None => return None,
-                    }
-                }
-            },
-        );
-        Ok(SseEvents {
-            inner: Box::pin(stream),
-        })
+        Ok(SseEvents::from_body(response.into_body()))
     }
 
     fn request(
@@ -570,70 +540,6 @@ fn encode_segment(segment: &str) -> String {
         }
     }
     encoded
-}
-
-/// The run updates of [`EtlClient::events`].
-pub struct RunUpdates {
-    inner: SseEvents,
-    last_event_id: Option<i64>,
-}
-
-impl RunUpdates {
-    /// The SSE id of the latest event received: pass it to
-    /// [`EtlClient::events_after`] to resume after a broken connection without a gap.
-    #[must_use]
-    pub const fn last_event_id(&self) -> Option<i64> {
-        self.last_event_id
-    }
-}
-
-impl Stream for RunUpdates {
-    type Item = Result<RunUpdate, ClientError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            let event = match std::task::ready!(Pin::new(&mut self.inner).poll_next(cx)) {
-                Some(Ok(event)) => event,
-                Some(Err(err)) => return Poll::Ready(Some(Err(err))),
-                None => return Poll::Ready(None),
-            };
-            if let Some(id) = event.id.as_deref().and_then(|id| id.parse().ok()) {
-                self.last_event_id = Some(id);
-            }
-            if event.event == RUN_EVENT {
-                let update = serde_json::from_str::<RunUpdate>(&event.data)
-                    .map_err(|err| ClientError::Decode(err.to_string()));
-                return Poll::Ready(Some(update));
-            }
-        }
-    }
-}
-
-impl fmt::Debug for RunUpdates {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RunUpdates")
-            .field("last_event_id", &self.last_event_id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The raw server-sent events of [`EtlClient::sse_events`].
-pub struct SseEvents {
-    inner: Pin<Box<dyn Stream<Item = Result<SseEvent, ClientError>> + Send>>,
-}
-
-impl Stream for SseEvents {
-    type Item = Result<SseEvent, ClientError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
-    }
-}
-
-impl fmt::Debug for SseEvents {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SseEvents").finish_non_exhaustive()
-    }
 }
 
 #[cfg(test)]
