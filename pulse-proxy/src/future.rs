@@ -25,6 +25,7 @@ use crate::{
 /// What the response future needs once the upstream answers.
 pub(crate) struct CallContext {
     pub(crate) request_id: RequestId,
+    pub(crate) request_id_value: HeaderValue,
     pub(crate) tripped: Option<LimitTripped>,
     pub(crate) deadline: Option<Instant>,
     pub(crate) client_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -175,7 +176,7 @@ where
     } else {
         None
     };
-    headers::filter_response(&mut parts.headers, &ctx.request_id);
+    headers::filter_response(&mut parts.headers, &ctx.request_id_value);
     if let Some(protocol) = upgrade_protocol {
         parts
             .headers

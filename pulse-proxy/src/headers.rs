@@ -3,7 +3,10 @@
 use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use pulse_core::{Identity, RequestId};
+use pulse_core::{
+    Identity,
+    request_id::{X_CORRELATION_ID, X_REQUEST_ID},
+};
 
 /// `x-user-id`: the verified user id, injected by the proxy.
 pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
@@ -220,7 +223,7 @@ pub(crate) fn strip_inbound(headers: &mut HeaderMap, forward_authorization: bool
 pub(crate) fn inject_identity(
     headers: &mut HeaderMap,
     identity: Option<&Identity>,
-    request_id: &RequestId,
+    request_id: &HeaderValue,
 ) {
     if let Some(identity) = identity {
         match HeaderValue::from_str(&identity.subject) {
@@ -237,14 +240,21 @@ pub(crate) fn inject_identity(
             headers.insert(X_USER_EMAIL, email);
         }
     }
-    request_id.set_on(headers);
+    set_request_id(headers, request_id);
+}
+
+/// `X-Request-ID` and `X-Correlation-ID`, as `RequestId::set_on` writes them, from a
+/// value computed once per request.
+fn set_request_id(headers: &mut HeaderMap, request_id: &HeaderValue) {
+    headers.insert(X_CORRELATION_ID, request_id.clone());
+    headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
 /// Step 7: the response loses hop-by-hop and internal headers and echoes the id.
-pub(crate) fn filter_response(headers: &mut HeaderMap, request_id: &RequestId) {
+pub(crate) fn filter_response(headers: &mut HeaderMap, request_id: &HeaderValue) {
     strip_hop_by_hop_headers(headers);
     strip_reserved_headers(headers);
-    request_id.set_on(headers);
+    set_request_id(headers, request_id);
 }
 
 /// Whether the request asks for a protocol upgrade (`Connection: upgrade` on any line

@@ -144,11 +144,13 @@ where
         if let Some(err) = self.ready_error.take() {
             return ResponseFuture::answered(err, &request_id);
         }
-        match prepare(&self.config, &mut parts, body, &request_id) {
+        let request_id_value = request_id.to_header_value();
+        match prepare(&self.config, &mut parts, body, &request_id_value) {
             Ok((outbound, tripped, client_upgrade)) => {
                 let started = Instant::now();
                 let ctx = CallContext {
                     request_id,
+                    request_id_value,
                     tripped,
                     deadline: self.config.total_timeout.map(|t| started + t),
                     client_upgrade,
@@ -175,7 +177,7 @@ fn prepare<B: Body>(
     config: &ProxyConfig,
     parts: &mut Parts,
     body: B,
-    request_id: &RequestId,
+    request_id: &HeaderValue,
 ) -> Result<Prepared<B>, ProxyError> {
     // 1. Framing, before anything reads the body.
     let content_length = check_framing(&parts.headers)?;
@@ -259,12 +261,11 @@ fn prepare<B: Body>(
     *outbound.uri_mut() = uri;
     *outbound.version_mut() = Version::HTTP_11;
     *outbound.headers_mut() = out_headers;
-    // Only the verified identity and the id travel as extensions, for client layers
-    // such as pulse-core's `InternalCredentialLayer` that mint a token per identity.
-    // Network transports cannot carry them; `InProcessTransport` drops them.
+    // Only the verified identity travels as an extension, for client layers such as
+    // pulse-core's `InternalCredentialLayer` that mint a token per identity. Network
+    // transports cannot carry it; `InProcessTransport` drops it.
     if let Some(identity) = identity {
         outbound.extensions_mut().insert(identity);
     }
-    outbound.extensions_mut().insert(request_id.clone());
     Ok((outbound, tripped, client_upgrade))
 }
