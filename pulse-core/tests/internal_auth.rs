@@ -376,6 +376,32 @@ async fn bad_internal_tokens_are_forbidden() {
 }
 
 #[tokio::test]
+async fn with_replay_protection_each_token_is_accepted_once() {
+    let layer = InternalAuthLayer::new(token_verifier().with_replay_protection(10_000));
+    let token = minter().mint(&user(), "pulse-etl").unwrap();
+    let first = call_layer(
+        layer.clone(),
+        request("/api/v1/jobs", &[("x-internal-token", &token)]),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK);
+    let replayed = call_layer(
+        layer.clone(),
+        request("/api/v1/jobs", &[("x-internal-token", &token)]),
+    )
+    .await;
+    assert_forbidden(&replayed);
+    // a fresh token for the same user is fine
+    let fresh = minter().mint(&user(), "pulse-etl").unwrap();
+    let seen = call_layer(
+        layer,
+        request("/api/v1/jobs", &[("x-internal-token", &fresh)]),
+    )
+    .await;
+    assert_eq!(seen.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_valid_key_does_not_rescue_an_invalid_token() {
     let seen = call_layer(
         layer(ring()),

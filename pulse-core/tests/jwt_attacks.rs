@@ -794,3 +794,35 @@ mod properties {
         }
     }
 }
+
+// ---- axum ----------------------------------------------------------------------------
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn works_as_an_axum_layer_with_the_identity_extractor() {
+    use axum::{Router, body::Body, routing::get};
+
+    let app = Router::new()
+        .route("/me", get(|identity: Identity| async move { identity.subject }))
+        .layer(JwtAuthLayer::new(verifier(keys())));
+    let token = hs_token(&claims());
+    let res = app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/me")
+                .header(AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "user-1");
+
+    let res = app
+        .oneshot(Request::builder().uri("/me").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}

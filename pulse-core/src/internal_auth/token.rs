@@ -3,7 +3,7 @@
 
 use std::{
     fmt,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use http::{HeaderMap, HeaderValue};
@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     identity::Identity,
-    jwt::{IssueError, JwtVerifier, KeySource, SigningKey, TokenIssuer},
+    jwt::{Claims, IssueError, JwtVerifier, KeySource, SigningKey, TokenError, TokenIssuer},
 };
 
 /// The longest internal token lifetime a receiver accepts by default: 5 minutes.
@@ -119,9 +119,26 @@ impl fmt::Debug for InternalTokenMinter {
 /// `exp` required, lifetime at most [`DEFAULT_MAX_INTERNAL_TOKEN_LIFETIME`]. As a
 /// [`CredentialVerifier`] it reads [`X_INTERNAL_TOKEN`] and yields the caller (the
 /// issuer) and the user [`Identity`] from the token.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct InternalTokenVerifier {
     verifier: JwtVerifier,
+    replay: Option<moka::sync::Cache<String, u64>>,
+}
+
+/// Keeps a seen `jti` until its token has expired (plus leeway), never longer.
+struct UntilExpired {
+    leeway: u64,
+}
+
+impl moka::Expiry<String, u64> for UntilExpired {
+    fn expire_after_create(&self, _jti: &String, exp: &u64, _at: Instant) -> Option<Duration> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Some(Duration::from_secs(
+            exp.saturating_add(self.leeway).saturating_sub(now),
+        ))
+    }
 }
 
 impl InternalTokenVerifier {
@@ -138,6 +155,7 @@ impl InternalTokenVerifier {
                 .with_audience(audience)
                 .with_required_type(INTERNAL_TOKEN_TYPE)
                 .with_max_lifetime(DEFAULT_MAX_INTERNAL_TOKEN_LIFETIME),
+            replay: None,
         }
     }
 
@@ -148,9 +166,51 @@ impl InternalTokenVerifier {
         self
     }
 
+    /// Accept each token once: remember every `jti` until its token expires and refuse
+    /// a second use (tokens without `jti` are then refused too). Holds at most
+    /// `max_entries` ids; size it above the request rate times the token lifetime,
+    /// since an id evicted early could be replayed. The gateway mints a token per
+    /// request, so keep its [`InternalCredentialLayer`](super::InternalCredentialLayer)
+    /// inside any retry layer, so that each retry gets a fresh token. Call it after
+    /// [`map_verifier`](Self::map_verifier): ids are kept for the leeway set then.
+    #[must_use]
+    pub fn with_replay_protection(mut self, max_entries: u64) -> Self {
+        let leeway = self.verifier.leeway().as_secs();
+        self.replay = Some(
+            moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(UntilExpired { leeway })
+                .build(),
+        );
+        self
+    }
+
     /// Verify a token and return the user identity it carries.
-    pub fn verify(&self, token: &str) -> Result<Identity, crate::jwt::TokenError> {
-        self.verifier.verify(token)
+    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        self.verify_claims(token)?
+            .to_identity()
+            .ok_or(TokenError::MissingClaim("sub"))
+    }
+
+    fn verify_claims(&self, token: &str) -> Result<Claims, TokenError> {
+        let claims = self.verifier.verify_claims(token)?;
+        if let Some(seen) = &self.replay {
+            let jti = claims.jti.clone().ok_or(TokenError::MissingClaim("jti"))?;
+            let exp = claims.exp.unwrap_or_default();
+            if !seen.entry(jti).or_insert(exp).is_fresh() {
+                return Err(TokenError::Replayed);
+            }
+        }
+        Ok(claims)
+    }
+}
+
+impl fmt::Debug for InternalTokenVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InternalTokenVerifier")
+            .field("verifier", &self.verifier)
+            .field("replay_protection", &self.replay.is_some())
+            .finish()
     }
 }
 
@@ -169,7 +229,7 @@ impl CredentialVerifier for InternalTokenVerifier {
         let Ok(token) = value.to_str() else {
             return CredentialOutcome::Invalid;
         };
-        let claims = match self.verifier.verify_claims(token.trim()) {
+        let claims = match self.verify_claims(token.trim()) {
             Ok(claims) => claims,
             Err(err) => {
                 tracing::debug!(reason = err.as_str(), "internal token refused");

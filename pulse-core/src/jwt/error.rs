@@ -97,6 +97,9 @@ pub enum TokenError {
     /// `aud` does not contain the expected audience.
     #[error("wrong audience")]
     WrongAudience,
+    /// The token's `jti` was seen before by a verifier with replay protection.
+    #[error("token already used")]
+    Replayed,
 }
 
 impl TokenError {
@@ -120,6 +123,7 @@ impl TokenError {
             Self::LifetimeTooLong => "lifetime_too_long",
             Self::WrongIssuer => "wrong_issuer",
             Self::WrongAudience => "wrong_audience",
+            Self::Replayed => "replayed",
         }
     }
 }
