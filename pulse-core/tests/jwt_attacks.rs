@@ -803,7 +803,10 @@ async fn works_as_an_axum_layer_with_the_identity_extractor() {
     use axum::{Router, body::Body, routing::get};
 
     let app = Router::new()
-        .route("/me", get(|identity: Identity| async move { identity.subject }))
+        .route(
+            "/me",
+            get(|identity: Identity| async move { identity.subject }),
+        )
         .layer(JwtAuthLayer::new(verifier(keys())));
     let token = hs_token(&claims());
     let res = app
@@ -818,7 +821,10 @@ async fn works_as_an_axum_layer_with_the_identity_extractor() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "user-1");
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "user-1"
+    );
 
     let res = app
         .oneshot(Request::builder().uri("/me").body(Body::empty()).unwrap())
