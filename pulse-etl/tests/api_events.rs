@@ -181,3 +181,27 @@ async fn an_idle_stream_sends_keep_alive_comments() {
     let data = frame.into_data().unwrap();
     assert!(data.starts_with(b":"), "{data:?}");
 }
+
+#[tokio::test]
+async fn a_long_backlog_is_replayed_in_full() {
+    let app = api_only().await;
+    // Forced starts: each writes the new run's and the replaced run's state changes.
+    for _ in 0..300 {
+        let answer = app
+            .post("/api/v1/jobs/jira_sync/start", r#"{"force": true}"#)
+            .await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED);
+    }
+    let stored = app.engine.events_since(0, 10_000).await.unwrap();
+    assert!(stored.len() > 500, "{}", stored.len());
+
+    let mut body = subscribe(&app, Some("0")).await;
+    let mut decoder = SseDecoder::new();
+    let events = next_events(&mut body, &mut decoder, stored.len()).await;
+    let ids: Vec<String> = events
+        .iter()
+        .map(|event| event.id.clone().unwrap())
+        .collect();
+    let expected: Vec<String> = stored.iter().map(|event| event.seq.to_string()).collect();
+    assert_eq!(ids, expected);
+}

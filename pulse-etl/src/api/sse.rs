@@ -3,8 +3,8 @@
 //! Each store event becomes `event: run`, `id: <seq>`, `data: {"kind", "run", "log"?}`.
 //! A subscriber reads from the engine's broadcast channel, so a slow one never slows
 //! the engine: when it lags it skips the events it missed (and gets a comment saying
-//! how many). A client reconnecting with `Last-Event-ID` first receives the stored
-//! events after that id.
+//! how many). A client reconnecting with `Last-Event-ID` first receives every stored
+//! event after that id (read page by page), then the live ones.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -22,8 +22,8 @@ use crate::model::{LogLine, RunEvent, RunEventKind};
 
 /// The SSE event name of every run update.
 pub const RUN_EVENT: &str = "run";
-/// The most stored events replayed to a client resuming with `Last-Event-ID`.
-pub(crate) const MAX_REPLAY: u32 = 1000;
+/// How many stored events one replay read fetches.
+const MAX_REPLAY_PAGE: u32 = 500;
 
 /// `GET /api/v1/events`.
 pub(crate) async fn events(
@@ -36,20 +36,11 @@ pub(crate) async fn events(
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<i64>().ok());
-    let backlog = match resume_after {
-        Some(after) => match state.engine.events_since(after, MAX_REPLAY).await {
-            Ok(events) => events.into(),
-            Err(err) => {
-                tracing::warn!(error = %err, "replaying events after Last-Event-ID failed");
-                VecDeque::new()
-            }
-        },
-        None => VecDeque::new(),
-    };
     let feed = Feed {
         engine: state.engine.clone(),
         live,
-        backlog,
+        backlog: VecDeque::new(),
+        replaying: resume_after.is_some(),
         last_seq: resume_after.unwrap_or(i64::MIN),
     };
     Sse::new(futures_util::stream::unfold(feed, Feed::next))
@@ -61,12 +52,17 @@ struct Feed {
     engine: JobEngine,
     live: broadcast::Receiver<RunEvent>,
     backlog: VecDeque<RunEvent>,
+    /// Stored events after `last_seq` may remain to be replayed.
+    replaying: bool,
     last_seq: i64,
 }
 
 impl Feed {
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
         loop {
+            if self.backlog.is_empty() && self.replaying {
+                self.replay_page().await;
+            }
             let event = match self.backlog.pop_front() {
                 Some(event) => event,
                 None => match self.live.recv().await {
@@ -86,6 +82,25 @@ impl Feed {
             self.last_seq = event.seq;
             if let Some(sse) = self.render(&event).await {
                 return Some((Ok(sse), self));
+            }
+        }
+    }
+
+    /// Reads the next page of stored events after `last_seq`; a short page ends the
+    /// replay (what follows comes live, duplicates skipped by sequence number).
+    async fn replay_page(&mut self) {
+        match self
+            .engine
+            .events_since(self.last_seq, MAX_REPLAY_PAGE)
+            .await
+        {
+            Ok(events) => {
+                self.replaying = events.len() >= MAX_REPLAY_PAGE as usize;
+                self.backlog.extend(events);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "replaying events after Last-Event-ID failed");
+                self.replaying = false;
             }
         }
     }
