@@ -22,6 +22,14 @@
 //! requests: the ring's primary key and/or a token freshly minted for the request's
 //! [`Identity`] extension (insert, not append; marked sensitive).
 //!
+//! In the Pulse stack the gateway runs `JwtAuthLayer` (user tokens) in front of its
+//! proxy and `InternalCredentialLayer::new().with_key(KeyRing::from_env(INTERNAL_KEYS_ENV)?)
+//! .with_token(minter, "pulse-etl")` on the proxy's outbound side; the ETL service runs
+//! `InternalAuthLayer::new(ring).with_verifier(InternalTokenVerifier::new(key,
+//! "pulse-gateway", "pulse-etl")).with_exempt_paths(["/health"])?` and reads the
+//! user from the `Identity` extension. Tools calling the ETL service directly send
+//! `X-Internal-Auth: <secret>` and act without a user identity.
+//!
 //! ```
 //! use http::{Request, Response, StatusCode};
 //! use pulse_core::{Identity, internal_auth::*, jwt::{SigningKey, VerificationKey}};

@@ -127,11 +127,15 @@ impl VerificationKey {
 
     /// A key from a JSON Web Key. The algorithm is the JWK's `alg` when present and of
     /// the key's family, else the family's usual one (`RS256`, `ES256`/`ES384` by
-    /// curve, `EdDSA`). Symmetric (`oct`) keys are refused: they do not belong in a
-    /// published key set.
+    /// curve, `EdDSA`). Symmetric (`oct`) keys and keys whose `use` is not `sig` are
+    /// refused: they do not belong in a published set of verification keys.
     pub fn from_jwk(jwk: &jsonwebtoken::jwk::Jwk) -> Result<Self, KeyError> {
-        use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+        use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, PublicKeyUse};
 
+        // A key published for another use (encryption) never verifies signatures.
+        if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
+            return Err(KeyError::InvalidKey { kind: "JWK" });
+        }
         let default_alg = match &jwk.algorithm {
             AlgorithmParameters::RSA(_) => Algorithm::RS256,
             AlgorithmParameters::EllipticCurve(p) => match p.curve {
