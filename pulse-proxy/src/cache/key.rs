@@ -165,6 +165,8 @@ pub(crate) struct Invalidation {
     rules: Vec<(Arc<str>, Vec<Arc<str>>)>,
     /// Whether a mutation matching no rule flushes everything (bumps the root).
     flush_unmatched: bool,
+    /// The root scope, allocated once.
+    root: Arc<str>,
 }
 
 impl Default for Invalidation {
@@ -173,6 +175,7 @@ impl Default for Invalidation {
             scopes: Vec::new(),
             rules: Vec::new(),
             flush_unmatched: true,
+            root: Arc::from(ROOT_SCOPE),
         }
     }
 }
@@ -197,7 +200,7 @@ impl Invalidation {
     /// The scopes of a cached `GET` of `path`.
     pub(crate) fn scopes_for_read(&self, path: &str) -> Arc<[Arc<str>]> {
         let path = normalize(path);
-        std::iter::once(Arc::from(ROOT_SCOPE))
+        std::iter::once(self.root.clone())
             .chain(
                 self.scopes
                     .iter()
@@ -221,7 +224,7 @@ impl Invalidation {
             }
         }
         if out.is_empty() && self.flush_unmatched {
-            out.push(Arc::from(ROOT_SCOPE));
+            out.push(self.root.clone());
         }
         out
     }
@@ -333,6 +336,34 @@ mod tests {
         );
         inv.set_flush_unmatched(false);
         assert!(inv.scopes_for_mutation("/api/auth/login").is_empty());
+    }
+
+    proptest::proptest! {
+        /// Two requests share a key only when path, query and user are all equal.
+        #[test]
+        fn keys_are_injective(
+            path_a in "/[a-z0-9/?=&]{0,12}",
+            path_b in "/[a-z0-9/?=&]{0,12}",
+            user_a in "\\PC{0,8}",
+            user_b in "\\PC{0,8}",
+        ) {
+            let key_of = |path: &str, user: &str| {
+                let mut req = Request::get(path).body(()).unwrap();
+                req.extensions_mut().insert(Identity::new(user));
+                key(&[KeyPart::Identity], &req).unwrap()
+            };
+            let same = path_a == path_b && user_a == user_b;
+            proptest::prop_assert_eq!(key_of(&path_a, &user_a) == key_of(&path_b, &user_b), same);
+        }
+
+        /// Scope matching never panics, whatever the path.
+        #[test]
+        fn scope_matching_is_total(path in "\\PC{0,24}") {
+            let mut inv = Invalidation::default();
+            inv.add_rule("/api/jobs", vec![Arc::from("/api/jobs")]);
+            let _ = inv.scopes_for_read(&path);
+            proptest::prop_assert!(!inv.scopes_for_mutation(&path).is_empty());
+        }
     }
 
     #[test]

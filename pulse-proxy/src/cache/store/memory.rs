@@ -56,15 +56,19 @@ impl Expiry<Arc<str>, Arc<MemEntry>> for PerEntryTtl {
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     entries: Cache<Arc<str>, Arc<MemEntry>>,
-    generations: Arc<Mutex<HashMap<Arc<str>, u64>>>,
+    generations: Mutex<HashMap<Arc<str>, u64>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("entries", &self.entries.entry_count())
-            .field("bytes", &self.entries.weighted_size())
+            .field("entries", &self.inner.entries.entry_count())
+            .field("bytes", &self.inner.entries.weighted_size())
             .finish()
     }
 }
@@ -92,21 +96,22 @@ impl MemoryStore {
     /// The approximate number of entries (moka applies writes lazily; see
     /// [`MemoryStore::run_pending_tasks`]).
     pub fn entry_count(&self) -> u64 {
-        self.entries.entry_count()
+        self.inner.entries.entry_count()
     }
 
     /// The approximate weighted size in bytes.
     pub fn weighted_size(&self) -> u64 {
-        self.entries.weighted_size()
+        self.inner.entries.weighted_size()
     }
 
     /// Applies pending evictions now, so that the counts are exact.
     pub async fn run_pending_tasks(&self) {
-        self.entries.run_pending_tasks().await;
+        self.inner.entries.run_pending_tasks().await;
     }
 
     fn generation_of(&self, scopes: &[Arc<str>]) -> u64 {
         let generations = self
+            .inner
             .generations
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -150,8 +155,10 @@ impl MemoryStoreBuilder {
             .expire_after(PerEntryTtl)
             .build();
         MemoryStore {
-            entries,
-            generations: Arc::default(),
+            inner: Arc::new(Inner {
+                entries,
+                generations: Mutex::default(),
+            }),
         }
     }
 }
@@ -162,7 +169,7 @@ impl CacheStore for MemoryStore {
         let key = key.clone();
         Box::pin(async move {
             let generation = this.generation_of(key.scopes());
-            let entry = match this.entries.get(key.as_arc()).await {
+            let entry = match this.inner.entries.get(key.as_arc()).await {
                 Some(entry) => {
                     let age = entry.stored_at.elapsed();
                     if age < entry.ttl {
@@ -172,7 +179,7 @@ impl CacheStore for MemoryStore {
                             age,
                         ))
                     } else {
-                        this.entries.invalidate(key.as_arc()).await;
+                        this.inner.entries.invalidate(key.as_arc()).await;
                         None
                     }
                 }
@@ -200,7 +207,7 @@ impl CacheStore for MemoryStore {
                 ttl,
                 weight,
             };
-            this.entries.insert(key, Arc::new(entry)).await;
+            this.inner.entries.insert(key, Arc::new(entry)).await;
             Ok(())
         })
     }
@@ -208,6 +215,7 @@ impl CacheStore for MemoryStore {
     fn invalidate(&self, scopes: &[Arc<str>]) -> StoreFuture<()> {
         {
             let mut generations = self
+                .inner
                 .generations
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
