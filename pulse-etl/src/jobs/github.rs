@@ -6,10 +6,9 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
-use super::http::{
-    BaseUrl, FetchPolicy, SourceHttp, SourceToken, encode_query_value, link_target, query_param,
-};
+use super::http::{FetchPolicy, SourceHttp, SourceToken};
 use super::load::SourceItem;
+use super::url::{BaseUrl, encode_query_value, link_target, query_param};
 use super::{SourceConfigError, load_page, parse_page};
 use crate::engine::{RetryPolicy, Schedule};
 use crate::job::{Job, JobContext, JobError, JobOutput};

@@ -1,20 +1,21 @@
 //! Extraction over HTTP, shared by the seed jobs: a GET client for JSON REST sources
 //! with bearer authentication, bounded retries of rate limits (`429`, `Retry-After`) and
-//! server errors with backoff, cooperative cancellation, and `Link` header pagination.
+//! server errors with backoff, and cooperative cancellation.
 
 use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use http::{Method, Request, StatusCode, Uri};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use time::OffsetDateTime;
 
 use super::SourceConfigError;
+use super::connector::{Connector, connector};
+use super::url::BaseUrl;
 use crate::job::{JobContext, JobError};
 
 /// A source's API token: sent as `Authorization: Bearer <token>`, never printed.
@@ -122,135 +123,6 @@ impl FetchPolicy {
             .saturating_mul(factor)
             .min(self.max_backoff)
     }
-}
-
-/// A validated base URL: scheme, authority and an optional path prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct BaseUrl {
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
-    prefix: String,
-}
-
-impl BaseUrl {
-    /// Parses `http://host[:port][/prefix]`.
-    pub(crate) fn parse(api: &'static str, url: &str) -> Result<Self, SourceConfigError> {
-        let invalid = |reason: &str| SourceConfigError::InvalidUrl {
-            api,
-            url: url.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let uri: Uri = url.parse().map_err(|_| invalid("not a URL"))?;
-        let scheme = uri.scheme().cloned().ok_or_else(|| invalid("no scheme"))?;
-        if scheme == http::uri::Scheme::HTTPS && !cfg!(feature = "tls") {
-            return Err(SourceConfigError::TlsUnsupported {
-                api,
-                url: url.to_owned(),
-            });
-        }
-        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-            return Err(invalid("the scheme must be http or https"));
-        }
-        let authority = uri.authority().cloned().ok_or_else(|| invalid("no host"))?;
-        if uri.query().is_some() {
-            return Err(invalid("a base URL takes no query"));
-        }
-        Ok(Self {
-            scheme,
-            authority,
-            prefix: uri.path().trim_end_matches('/').to_owned(),
-        })
-    }
-
-    /// The path (with query) on this origin of `path`, relative to the prefix.
-    pub(crate) fn path(&self, path: &str) -> String {
-        format!("{}{path}", self.prefix)
-    }
-
-    /// The path (with query) of `link` when it points at this origin, else `None`: a
-    /// `Link` to another host must not receive the token.
-    pub(crate) fn same_origin_path(&self, link: &str) -> Option<String> {
-        let uri: Uri = link.parse().ok()?;
-        match (uri.scheme(), uri.authority()) {
-            (Some(scheme), Some(authority))
-                if *scheme == self.scheme && *authority == self.authority => {}
-            (None, None) if link.starts_with('/') => {}
-            _ => return None,
-        }
-        uri.path_and_query().map(|pq| pq.as_str().to_owned())
-    }
-
-    /// The full URL of a path on this origin.
-    pub(crate) fn url(&self, path: &str) -> String {
-        format!("{}://{}{path}", self.scheme, self.authority)
-    }
-
-    #[cfg(feature = "tls")]
-    fn is_https(&self) -> bool {
-        self.scheme == http::uri::Scheme::HTTPS
-    }
-}
-
-#[cfg(not(feature = "tls"))]
-type Connector = HttpConnector;
-
-#[cfg(feature = "tls")]
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
-#[cfg(not(feature = "tls"))]
-fn connector(_api: &'static str, _base: &BaseUrl) -> Result<Connector, SourceConfigError> {
-    Ok(HttpConnector::new())
-}
-
-/// Where the system keeps its PEM bundle of trusted roots (Debian, Fedora, macOS/Alpine).
-#[cfg(feature = "tls")]
-const CA_BUNDLES: [&str; 3] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
-
-/// An HTTP-or-HTTPS connector; for an `https` base the roots come from the PEM bundle
-/// named by `SSL_CERT_FILE`, else the system's.
-#[cfg(feature = "tls")]
-fn connector(api: &'static str, base: &BaseUrl) -> Result<Connector, SourceConfigError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-
-    let roots_error = |reason: String| SourceConfigError::TlsRoots { api, reason };
-    let mut roots = rustls::RootCertStore::empty();
-    if base.is_https() {
-        let bundle = std::env::var_os("SSL_CERT_FILE")
-            .map(std::path::PathBuf::from)
-            .or_else(|| {
-                CA_BUNDLES
-                    .iter()
-                    .map(std::path::PathBuf::from)
-                    .find(|path| path.exists())
-            })
-            .ok_or_else(|| roots_error("no CA bundle found; set SSL_CERT_FILE".to_owned()))?;
-        let certs = CertificateDer::pem_file_iter(&bundle)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|err| roots_error(format!("reading {}: {err}", bundle.display())))?;
-        let (added, _unparsable) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(roots_error(format!(
-                "no usable certificate in {}",
-                bundle.display()
-            )));
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|err| roots_error(err.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http()
-        .enable_http1()
-        .build())
 }
 
 /// A fetched page: its headers and body.
@@ -491,65 +363,6 @@ fn jittered(wait: Duration) -> Duration {
     wait.mul_f64(1.0 - rand::random::<f64>() * 0.2)
 }
 
-/// The target of the `Link` entry with `rel="<rel>"` (RFC 8288), e.g. GitHub's
-/// `<https://api.github.com/…&page=2>; rel="next", <…&page=5>; rel="last"`.
-pub(crate) fn link_target<'a>(headers: &'a HeaderMap, rel: &str) -> Option<&'a str> {
-    headers
-        .get_all(http::header::LINK)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .find_map(|value| find_link(value, rel))
-}
-
-fn find_link<'a>(mut value: &'a str, rel: &str) -> Option<&'a str> {
-    loop {
-        let open = value.find('<')?;
-        let close = open + value[open..].find('>')?;
-        let target = &value[open + 1..close];
-        let rest = &value[close + 1..];
-        // Parameters run to the next `<` (targets never contain one unescaped).
-        let end = rest.find('<').unwrap_or(rest.len());
-        let params = rest[..end].trim_end().trim_end_matches(',');
-        let matches = params.split(';').any(|param| {
-            let Some((name, val)) = param.split_once('=') else {
-                return false;
-            };
-            name.trim().eq_ignore_ascii_case("rel")
-                && val
-                    .trim()
-                    .trim_matches('"')
-                    .split_ascii_whitespace()
-                    .any(|r| r.eq_ignore_ascii_case(rel))
-        });
-        if matches {
-            return Some(target);
-        }
-        value = rest;
-    }
-}
-
-/// The value of query parameter `name` in a path with query (not percent-decoded).
-pub(crate) fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
-    let (_, query) = path.split_once('?')?;
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find_map(|(key, value)| (key == name).then_some(value))
-}
-
-/// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
-pub(crate) fn encode_query_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,23 +373,6 @@ mod tests {
             map.append(*name, HeaderValue::from_static(value));
         }
         map
-    }
-
-    #[test]
-    fn links_are_found_by_rel() {
-        let map = headers(&[(
-            "link",
-            r#"<http://h/r?page=2&per_page=5>; rel="next", <http://h/r?page=9>; rel="last""#,
-        )]);
-        assert_eq!(
-            link_target(&map, "next"),
-            Some("http://h/r?page=2&per_page=5")
-        );
-        assert_eq!(link_target(&map, "last"), Some("http://h/r?page=9"));
-        assert_eq!(link_target(&map, "prev"), None);
-        let split = headers(&[("link", "<a>; rel=prev"), ("link", "<b>; rel=\"next\"")]);
-        assert_eq!(link_target(&split, "next"), Some("b"));
-        assert_eq!(link_target(&headers(&[("link", "garbage")]), "next"), None);
     }
 
     #[test]
@@ -609,29 +405,6 @@ mod tests {
     }
 
     #[test]
-    fn base_urls_are_checked() {
-        let base = BaseUrl::parse("jira", "http://127.0.0.1:9000/jira/").unwrap();
-        assert_eq!(base.path("/rest/api/2/search"), "/jira/rest/api/2/search");
-        assert_eq!(
-            base.same_origin_path("http://127.0.0.1:9000/x?page=2")
-                .as_deref(),
-            Some("/x?page=2")
-        );
-        assert_eq!(base.same_origin_path("http://evil.example/x"), None);
-        let https = BaseUrl::parse("jira", "https://example.atlassian.net");
-        if cfg!(feature = "tls") {
-            assert_eq!(https.unwrap().url("/x"), "https://example.atlassian.net/x");
-        } else {
-            assert!(matches!(
-                https,
-                Err(SourceConfigError::TlsUnsupported { .. })
-            ));
-        }
-        assert!(BaseUrl::parse("jira", "ftp://x").is_err());
-        assert!(BaseUrl::parse("jira", "not a url").is_err());
-    }
-
-    #[test]
     fn backoff_doubles_to_the_cap() {
         let policy = FetchPolicy::default()
             .with_initial_backoff(Duration::from_millis(100))
@@ -643,13 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn query_helpers() {
-        assert_eq!(query_param("/r?a=1&page=3", "page"), Some("3"));
-        assert_eq!(query_param("/r", "page"), None);
-        assert_eq!(
-            encode_query_value("project = P order by"),
-            "project%20%3D%20P%20order%20by"
-        );
+    fn tokens_do_not_print() {
         let token = SourceToken::new("s3cret");
         assert_eq!(format!("{token:?}"), "SourceToken(***)");
     }

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::http::{BaseUrl, FetchPolicy, SourceHttp, SourceToken, encode_query_value};
+use super::http::{FetchPolicy, SourceHttp, SourceToken};
 use super::load::SourceItem;
+use super::url::{BaseUrl, encode_query_value};
 use super::{SourceConfigError, load_page, parse_page};
 use crate::engine::{RetryPolicy, Schedule};
 use crate::job::{Job, JobContext, JobError, JobOutput};

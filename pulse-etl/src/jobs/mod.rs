@@ -50,10 +50,12 @@
 
 use crate::job::{JobContext, JobError, JobRegistry};
 
+mod connector;
 mod github;
 mod http;
 mod jira;
 mod load;
+mod url;
 
 pub use github::{GITHUB_SYNC, GitHubConfig, GitHubParams, GitHubSync};
 pub use http::{FetchPolicy, SourceToken};
