@@ -78,6 +78,26 @@
 //! CorrelationId → Trace → JWT → RBAC → Cache → CircuitBreaker → Proxy
 //! ```
 //!
+//! Keyed per verified user (the default), short-lived, with starting or cancelling a
+//! run making the job lists stale, and its counters kept for `/metrics`:
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use pulse_proxy::cache::{CacheLayer, MemoryStore};
+//!
+//! let cache = CacheLayer::new(MemoryStore::new())
+//!     .with_ttl(Duration::from_secs(5))
+//!     .with_scope("/api/etl/jobs")
+//!     .with_invalidation("/api/etl/runs", ["/api/etl/runs", "/api/etl/jobs"]);
+//! let metrics = cache.stats();
+//! // ServiceBuilder::new().layer(jwt).layer(rbac).layer(cache).layer(breaker).service(proxy)
+//! assert_eq!(metrics.snapshot().hits, 0);
+//! ```
+//!
+//! Several gateways share one cache, and see each other's invalidations, with
+//! `RedisStore::connect(url).await?` (feature `redis`) in place of `MemoryStore::new()`.
+//!
 //! An entry is stored once its body has been read to the end by the client that caused
 //! it; its coalesced waiters are answered at that moment.
 
