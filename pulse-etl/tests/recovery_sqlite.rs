@@ -84,7 +84,7 @@ async fn a_process_killed_while_writing_leaves_a_consistent_store() {
     let engine = JobEngine::launch(
         store.clone().into_dyn(),
         registry,
-        engine_support::fast_config().with_lease(Duration::from_millis(500)),
+        engine_support::fast_config().with_lease(Duration::from_secs(1)),
     )
     .await
     .unwrap();

@@ -79,8 +79,8 @@ impl ChildConfig {
             mode: ChildMode::Worker,
             jobs: jobs.iter().map(|job| (*job).to_owned()).collect(),
             concurrency: 1,
-            lease_ms: 1000,
-            heartbeat_ms: 150,
+            lease_ms: 2000,
+            heartbeat_ms: 200,
             sweep_ms: 200,
             max_life_secs: 120,
         }
