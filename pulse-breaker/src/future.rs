@@ -36,6 +36,7 @@ pin_project! {
 }
 
 impl<F, C, T> ResponseFuture<F, C, T> {
+    #[inline]
     pub(crate) fn admitted(future: F, permit: CallPermit, classifier: C) -> Self {
         Self {
             kind: Kind::Admitted {
@@ -46,6 +47,7 @@ impl<F, C, T> ResponseFuture<F, C, T> {
         }
     }
 
+    #[inline]
     pub(crate) fn rejected(result: Result<T, BoxError>) -> Self {
         Self {
             kind: Kind::Rejected {
@@ -63,6 +65,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Admitted {

@@ -116,7 +116,7 @@ impl Breaker {
     ///
     /// # Errors
     /// [`BreakerOpen`] when the circuit rejects the call.
-    #[inline]
+    #[inline(always)]
     pub fn try_acquire(&self) -> Result<CallPermit, BreakerOpen> {
         let permit = self.core.acquire()?;
         Ok(CallPermit {
@@ -183,7 +183,7 @@ pub struct CallPermit {
 
 impl CallPermit {
     /// Reports how the call went.
-    #[inline]
+    #[inline(always)]
     pub fn record(mut self, outcome: Outcome) {
         self.done = true;
         self.core.complete(&self.permit, outcome);
@@ -191,6 +191,7 @@ impl CallPermit {
 }
 
 impl Drop for CallPermit {
+    #[inline(always)]
     fn drop(&mut self) {
         if !self.done {
             self.core.cancel(&self.permit);

@@ -267,9 +267,22 @@ impl Core {
     }
 
     /// Admits a call or says why not.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn acquire(&self) -> Result<Permit, BreakerOpen> {
-        let mut word = self.state.load(Ordering::Acquire);
+        let word = self.state.load(Ordering::Acquire);
+        // The hot path, kept small enough to inline into the service's `call`.
+        if kind_of(word) == CLOSED && self.slow_call_threshold.is_none() {
+            return Ok(Permit {
+                generation: u64::from(gen_of(word)),
+                admission: Admission::Closed,
+                start_ns: NO_START,
+            });
+        }
+        self.acquire_slow(word)
+    }
+
+    #[inline(never)]
+    fn acquire_slow(&self, mut word: u64) -> Result<Permit, BreakerOpen> {
         loop {
             let generation = gen_of(word);
             match kind_of(word) {
@@ -403,8 +416,25 @@ impl Core {
     }
 
     /// The call admitted with `permit` finished with `outcome`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn complete(&self, permit: &Permit, outcome: Outcome) {
+        // The hot path: a success while closed, into a window already full of
+        // successes, changes nothing (see `CountWindow::record`).
+        if permit.admission == Admission::Closed
+            && outcome == Outcome::Success
+            && permit.start_ns == NO_START
+            && self.observer.is_none()
+            && self.window.is_full_of_successes()
+            && u64::from(gen_of(self.state.load(Ordering::Acquire))) == permit.generation
+            && self.consecutive.load(Ordering::Relaxed) == 0
+        {
+            return;
+        }
+        self.complete_slow(permit, outcome);
+    }
+
+    #[inline(never)]
+    fn complete_slow(&self, permit: &Permit, outcome: Outcome) {
         let slow = match self.slow_call_threshold {
             Some(threshold) if permit.start_ns != NO_START && outcome != Outcome::Ignore => {
                 Duration::from_nanos(self.now_ns().saturating_sub(permit.start_ns)) >= threshold

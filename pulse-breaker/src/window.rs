@@ -100,6 +100,16 @@ impl Window {
         matches!(self, Self::Time(_))
     }
 
+    /// Whether a success would leave the window unchanged (a count window already full
+    /// of successes).
+    #[inline(always)]
+    pub(crate) fn is_full_of_successes(&self) -> bool {
+        match self {
+            Self::Count(w) => w.totals.load(Ordering::Relaxed) == u64::from(w.len),
+            Self::Time(_) => false,
+        }
+    }
+
     #[inline]
     pub(crate) fn record(&self, failure: bool, slow: bool, now_ms: u64) {
         match self {
