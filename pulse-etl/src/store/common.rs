@@ -5,7 +5,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::{AttemptOutcome, StoreError};
-use crate::model::{RunEventKind, RunState};
+use crate::model::{LogLine, RunEvent, RunEventKind, RunState};
 
 /// The states that hold a job's single active slot (the partial unique index).
 pub(crate) const SLOT_STATES: &str = "('pending','running','retrying')";
@@ -213,6 +213,24 @@ pub(crate) fn event_kind_name(kind: &RunEventKind) -> &'static str {
         RunEventKind::State { .. } => "state",
         RunEventKind::Progress { .. } => "progress",
         RunEventKind::Log { .. } => "log",
+    }
+}
+
+/// A log event as a log line.
+pub(crate) fn log_line(event: RunEvent) -> Option<LogLine> {
+    match event.kind {
+        RunEventKind::Log {
+            level,
+            message,
+            attempt,
+        } => Some(LogLine {
+            seq: event.seq,
+            attempt,
+            at: event.at,
+            level,
+            message,
+        }),
+        _ => None,
     }
 }
 

@@ -12,18 +12,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, PgConnection, PgPool, Row};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool, Row};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::common::{
-    ACTIVE_STATES, EXECUTING_STATES, SLOT_STATES, Transition, event_kind_name, finish_transition,
-    from_u64, parse_state, sweep_transition, to_u32, to_u64, truncate_micros,
+    EXECUTING_STATES, finish_transition, from_u64, parse_state, sweep_transition, truncate_micros,
 };
-use super::sqlite::log_line;
 use super::{
     AttemptFence, AttemptOutcome, CancelOutcome, Claim, CreateOutcome, JobStore, LeaseStatus,
     NewRun, StoreError, StorePool, SweepReport,
@@ -35,13 +33,13 @@ use crate::model::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-const RUN_COLUMNS: &str = "id, job_name, state, params, requested_by, created_at, started_at, \
-     finished_at, attempts, max_attempts, progress_done, progress_total, progress_message, \
-     error, result, checkpoint";
+mod reads;
+mod rows;
 
-/// The fence condition on `etl_runs`: `$1` run id, `$2` attempt, `$3` instance.
-const FENCE: &str =
-    "id = $1 AND attempts = $2 AND lease_owner = $3 AND state IN ('running','cancelling')";
+use rows::{
+    FENCE, RUN_COLUMNS, active_slot_holder, attempt_i32, by_idempotency_key, cancel_event,
+    fetch_run, lock_key, must_fetch_run, pending_event, run_from_row, u32_of,
+};
 
 /// How to connect a [`PgStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,249 +230,6 @@ impl PgStore {
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         Ok(self.inner.pool.begin().await?)
     }
-
-    /// Writes an event row, serialised by the advisory lock, and notifies listeners
-    /// (delivered at commit).
-    async fn insert_event(
-        &self,
-        conn: &mut PgConnection,
-        run_id: RunId,
-        job_name: &str,
-        at: OffsetDateTime,
-        kind: &RunEventKind,
-    ) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(self.inner.lock_key)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(
-            "INSERT INTO etl_events (run_id, job_name, at, kind, payload) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(run_id.as_uuid())
-        .bind(job_name)
-        .bind(at)
-        .bind(event_kind_name(kind))
-        .bind(sqlx::types::Json(kind))
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(&self.inner.channel)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
-
-    async fn insert_run_row(
-        &self,
-        conn: &mut PgConnection,
-        new: &NewRun,
-    ) -> Result<Option<Run>, StoreError> {
-        let at = truncate_micros(new.created_at);
-        let row = sqlx::query(&format!(
-            "INSERT INTO etl_runs (id, job_name, state, params, requested_by, idempotency_key, \
-             created_at, updated_at, max_attempts, next_attempt_at) \
-             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $6, $7, $6) \
-             ON CONFLICT DO NOTHING RETURNING {RUN_COLUMNS}"
-        ))
-        .bind(new.id.as_uuid())
-        .bind(&new.job_name)
-        .bind(&new.params)
-        .bind(&new.requested_by)
-        .bind(&new.idempotency_key)
-        .bind(at)
-        .bind(i32::try_from(new.max_attempts.max(1)).unwrap_or(i32::MAX))
-        .fetch_optional(conn)
-        .await?;
-        row.as_ref().map(run_from_row).transpose()
-    }
-
-    async fn set_cancel_state(
-        &self,
-        conn: &mut PgConnection,
-        run: &Run,
-        next: RunState,
-        now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        let finished = (next == RunState::Cancelled).then_some(now);
-        sqlx::query(
-            "UPDATE etl_runs SET state = $1, updated_at = $2, \
-             finished_at = COALESCE($3, finished_at) WHERE id = $4",
-        )
-        .bind(next.as_str())
-        .bind(now)
-        .bind(finished)
-        .bind(run.id.as_uuid())
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-
-    async fn apply_cancel(
-        &self,
-        conn: &mut PgConnection,
-        run: &Run,
-        next: RunState,
-        now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        self.set_cancel_state(&mut *conn, run, next, now).await?;
-        self.insert_event(conn, run.id, &run.job_name, now, &cancel_event(run, next))
-            .await
-    }
-
-    async fn apply_transition(
-        &self,
-        conn: &mut PgConnection,
-        run_id: RunId,
-        job_name: &str,
-        attempt: u32,
-        transition: &Transition,
-        now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE etl_runs SET state = $1, error = $2, result = COALESCE($3, result), \
-             next_attempt_at = COALESCE($4, next_attempt_at), finished_at = $5, \
-             lease_owner = NULL, lease_expires_at = NULL, updated_at = $6, \
-             max_attempts = max_attempts + $7 WHERE id = $8",
-        )
-        .bind(transition.state.as_str())
-        .bind(&transition.error)
-        .bind(&transition.result)
-        .bind(transition.next_attempt_at)
-        .bind(transition.finished_at)
-        .bind(now)
-        .bind(i32::try_from(transition.extra_attempts).unwrap_or(0))
-        .bind(run_id.as_uuid())
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
-            "UPDATE etl_attempts SET finished_at = $1, outcome = $2, error = $3 \
-             WHERE run_id = $4 AND number = $5 AND finished_at IS NULL",
-        )
-        .bind(now)
-        .bind(transition.attempt_outcome)
-        .bind(&transition.attempt_error)
-        .bind(run_id.as_uuid())
-        .bind(attempt_i32(attempt))
-        .execute(&mut *conn)
-        .await?;
-        self.insert_event(conn, run_id, job_name, now, &transition.event(attempt))
-            .await
-    }
-}
-
-fn pending_event() -> RunEventKind {
-    RunEventKind::State {
-        state: RunState::Pending,
-        attempt: 0,
-        error: None,
-    }
-}
-
-fn cancel_event(run: &Run, next: RunState) -> RunEventKind {
-    RunEventKind::State {
-        state: next,
-        attempt: run.attempts,
-        error: None,
-    }
-}
-
-/// A stable advisory-lock key per schema (FNV-1a).
-fn lock_key(schema: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in format!("pulse_etl_events:{schema}").bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    i64::from_ne_bytes(hash.to_ne_bytes())
-}
-
-fn attempt_i32(attempt: u32) -> i32 {
-    i32::try_from(attempt).unwrap_or(i32::MAX)
-}
-
-fn u32_of(value: i32, column: &str) -> Result<u32, StoreError> {
-    to_u32(i64::from(value), column)
-}
-
-fn run_from_row(row: &PgRow) -> Result<Run, StoreError> {
-    let state: String = row.try_get("state")?;
-    let total: Option<i64> = row.try_get("progress_total")?;
-    Ok(Run {
-        id: RunId::from_uuid(row.try_get("id")?),
-        job_name: row.try_get("job_name")?,
-        state: parse_state(&state)?,
-        params: row.try_get("params")?,
-        requested_by: row.try_get("requested_by")?,
-        created_at: row.try_get("created_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        attempts: u32_of(row.try_get("attempts")?, "attempts")?,
-        progress: Progress {
-            done: to_u64(row.try_get("progress_done")?, "progress_done")?,
-            total: total.map(|t| to_u64(t, "progress_total")).transpose()?,
-            message: row.try_get("progress_message")?,
-        },
-        error: row.try_get("error")?,
-        result: row.try_get("result")?,
-    })
-}
-
-fn event_from_row(row: &PgRow) -> Result<RunEvent, StoreError> {
-    let payload: Value = row.try_get("payload")?;
-    Ok(RunEvent {
-        seq: row.try_get("seq")?,
-        run_id: RunId::from_uuid(row.try_get("run_id")?),
-        job_name: row.try_get("job_name")?,
-        at: row.try_get("at")?,
-        kind: serde_json::from_value(payload)
-            .map_err(|err| StoreError::Corrupt(format!("event payload: {err}")))?,
-    })
-}
-
-async fn fetch_run(
-    conn: &mut PgConnection,
-    id: RunId,
-    lock: bool,
-) -> Result<Option<Run>, StoreError> {
-    let suffix = if lock { " FOR UPDATE" } else { "" };
-    let row = sqlx::query(&format!(
-        "SELECT {RUN_COLUMNS} FROM etl_runs WHERE id = $1{suffix}"
-    ))
-    .bind(id.as_uuid())
-    .fetch_optional(conn)
-    .await?;
-    row.as_ref().map(run_from_row).transpose()
-}
-
-async fn must_fetch_run(conn: &mut PgConnection, id: RunId) -> Result<Run, StoreError> {
-    fetch_run(conn, id, false)
-        .await?
-        .ok_or_else(|| StoreError::Corrupt(format!("run {id} vanished")))
-}
-
-async fn by_idempotency_key(conn: &mut PgConnection, key: &str) -> Result<Option<Run>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {RUN_COLUMNS} FROM etl_runs WHERE idempotency_key = $1"
-    ))
-    .bind(key)
-    .fetch_optional(conn)
-    .await?;
-    row.as_ref().map(run_from_row).transpose()
-}
-
-async fn active_slot_holder(
-    conn: &mut PgConnection,
-    job_name: &str,
-    lock: bool,
-) -> Result<Option<Run>, StoreError> {
-    let suffix = if lock { " FOR UPDATE" } else { "" };
-    let row = sqlx::query(&format!(
-        "SELECT {RUN_COLUMNS} FROM etl_runs WHERE job_name = $1 AND state IN {SLOT_STATES}{suffix}"
-    ))
-    .bind(job_name)
-    .fetch_optional(conn)
-    .await?;
-    row.as_ref().map(run_from_row).transpose()
 }
 
 #[async_trait]
@@ -913,114 +668,38 @@ impl JobStore for PgStore {
     }
 
     async fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
-        let mut conn = self.inner.pool.acquire().await?;
-        fetch_run(&mut conn, id, false).await
+        reads::get_run(&self.inner.pool, id).await
     }
 
     async fn list_runs(&self, job_name: Option<&str>, limit: u32) -> Result<Vec<Run>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM etl_runs WHERE ($1::text IS NULL OR job_name = $1) \
-             ORDER BY created_at DESC, id DESC LIMIT $2"
-        ))
-        .bind(job_name)
-        .bind(i64::from(limit))
-        .fetch_all(&self.inner.pool)
-        .await?;
-        rows.iter().map(run_from_row).collect()
+        reads::list_runs(&self.inner.pool, job_name, limit).await
     }
 
     async fn latest_runs(&self) -> Result<Vec<Run>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT DISTINCT ON (job_name) {RUN_COLUMNS} FROM etl_runs \
-             ORDER BY job_name, created_at DESC, id DESC"
-        ))
-        .fetch_all(&self.inner.pool)
-        .await?;
-        rows.iter().map(run_from_row).collect()
+        reads::latest_runs(&self.inner.pool).await
     }
 
     async fn active_runs(&self, job_name: Option<&str>) -> Result<Vec<Run>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM etl_runs WHERE state IN {ACTIVE_STATES} \
-             AND ($1::text IS NULL OR job_name = $1) ORDER BY created_at"
-        ))
-        .bind(job_name)
-        .fetch_all(&self.inner.pool)
-        .await?;
-        rows.iter().map(run_from_row).collect()
+        reads::active_runs(&self.inner.pool, job_name).await
     }
 
     async fn count_states(&self) -> Result<StateCounts, StoreError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM etl_runs GROUP BY state")
-            .fetch_all(&self.inner.pool)
-            .await?;
-        let mut counts = StateCounts::default();
-        for row in rows {
-            let state: String = row.try_get("state")?;
-            counts.add(parse_state(&state)?, to_u64(row.try_get("n")?, "count")?);
-        }
-        Ok(counts)
+        reads::count_states(&self.inner.pool).await
     }
 
     async fn attempts(&self, id: RunId) -> Result<Vec<Attempt>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT number, instance_id, started_at, lease_expires_at, heartbeat_at, \
-             finished_at, outcome, error, checkpoint FROM etl_attempts WHERE run_id = $1 \
-             ORDER BY number",
-        )
-        .bind(id.as_uuid())
-        .fetch_all(&self.inner.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Attempt {
-                    run_id: id,
-                    number: u32_of(row.try_get("number")?, "number")?,
-                    instance_id: InstanceId::from(row.try_get::<Uuid, _>("instance_id")?),
-                    started_at: row.try_get("started_at")?,
-                    lease_expires_at: row.try_get("lease_expires_at")?,
-                    heartbeat_at: row.try_get("heartbeat_at")?,
-                    finished_at: row.try_get("finished_at")?,
-                    outcome: row.try_get("outcome")?,
-                    error: row.try_get("error")?,
-                    checkpoint: row.try_get("checkpoint")?,
-                })
-            })
-            .collect()
+        reads::attempts(&self.inner.pool, id).await
     }
 
     async fn logs(&self, id: RunId) -> Result<Vec<LogLine>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, run_id, job_name, at, payload FROM etl_events \
-             WHERE run_id = $1 AND kind = 'log' ORDER BY seq",
-        )
-        .bind(id.as_uuid())
-        .fetch_all(&self.inner.pool)
-        .await?;
-        rows.iter()
-            .filter_map(|row| match event_from_row(row) {
-                Ok(event) => log_line(event).map(Ok),
-                Err(err) => Some(Err(err)),
-            })
-            .collect()
+        reads::logs(&self.inner.pool, id).await
     }
 
     async fn events_since(&self, after_seq: i64, limit: u32) -> Result<Vec<RunEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, run_id, job_name, at, payload FROM etl_events WHERE seq > $1 \
-             ORDER BY seq LIMIT $2",
-        )
-        .bind(after_seq)
-        .bind(i64::from(limit))
-        .fetch_all(&self.inner.pool)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        reads::events_since(&self.inner.pool, after_seq, limit).await
     }
 
     async fn latest_event_seq(&self) -> Result<i64, StoreError> {
-        let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::bigint FROM etl_events")
-            .fetch_one(&self.inner.pool)
-            .await?;
-        Ok(seq)
+        reads::latest_event_seq(&self.inner.pool).await
     }
 }

@@ -12,17 +12,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 
 use super::common::{
-    ACTIVE_STATES, EXECUTING_STATES, SLOT_STATES, Transition, event_kind_name, event_payload,
-    finish_transition, from_micros, from_u64, parse_json, parse_state, parse_uuid,
-    sweep_transition, to_micros, to_u32, to_u64,
+    EXECUTING_STATES, event_payload, finish_transition, from_u64, parse_state, parse_uuid,
+    sweep_transition, to_micros, to_u32,
 };
 use super::{
     AttemptFence, AttemptOutcome, CancelOutcome, Claim, CreateOutcome, JobStore, LeaseStatus,
@@ -35,9 +32,13 @@ use crate::model::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-const RUN_COLUMNS: &str = "id, job_name, state, params, requested_by, created_at, started_at, \
-     finished_at, attempts, max_attempts, progress_done, progress_total, progress_message, \
-     error, result, checkpoint";
+mod reads;
+mod rows;
+
+use rows::{
+    FENCE, RUN_COLUMNS, active_slot_holder, apply_cancel, apply_transition, cancel_for_force,
+    fetch_run, insert_event, insert_run, must_fetch_run, opt_json, run_from_row,
+};
 
 /// The SQLite job store.
 ///
@@ -155,222 +156,6 @@ impl SqliteStore {
         Ok(value)
     }
 }
-
-fn run_from_row(row: &SqliteRow) -> Result<Run, StoreError> {
-    let id: String = row.try_get("id")?;
-    let state: String = row.try_get("state")?;
-    let params: String = row.try_get("params")?;
-    let result: Option<String> = row.try_get("result")?;
-    let total: Option<i64> = row.try_get("progress_total")?;
-    Ok(Run {
-        id: RunId::from_uuid(parse_uuid(&id, "id")?),
-        job_name: row.try_get("job_name")?,
-        state: parse_state(&state)?,
-        params: parse_json(&params, "params")?,
-        requested_by: row.try_get("requested_by")?,
-        created_at: from_micros(row.try_get("created_at")?)?,
-        started_at: opt_time(row.try_get("started_at")?)?,
-        finished_at: opt_time(row.try_get("finished_at")?)?,
-        attempts: to_u32(row.try_get("attempts")?, "attempts")?,
-        progress: Progress {
-            done: to_u64(row.try_get("progress_done")?, "progress_done")?,
-            total: total.map(|t| to_u64(t, "progress_total")).transpose()?,
-            message: row.try_get("progress_message")?,
-        },
-        error: row.try_get("error")?,
-        result: result.map(|r| parse_json(&r, "result")).transpose()?,
-    })
-}
-
-fn opt_time(value: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
-    value.map(from_micros).transpose()
-}
-
-fn opt_json(value: Option<String>, column: &str) -> Result<Option<Value>, StoreError> {
-    value.map(|text| parse_json(&text, column)).transpose()
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<RunEvent, StoreError> {
-    let run_id: String = row.try_get("run_id")?;
-    let payload: String = row.try_get("payload")?;
-    Ok(RunEvent {
-        seq: row.try_get("seq")?,
-        run_id: RunId::from_uuid(parse_uuid(&run_id, "run_id")?),
-        job_name: row.try_get("job_name")?,
-        at: from_micros(row.try_get("at")?)?,
-        kind: serde_json::from_str(&payload)
-            .map_err(|err| StoreError::Corrupt(format!("event payload: {err}")))?,
-    })
-}
-
-async fn insert_event(
-    conn: &mut SqliteConnection,
-    run_id: RunId,
-    job_name: &str,
-    at: OffsetDateTime,
-    kind: &RunEventKind,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO etl_events (run_id, job_name, at, kind, payload) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(run_id.to_string())
-    .bind(job_name)
-    .bind(to_micros(at))
-    .bind(event_kind_name(kind))
-    .bind(event_payload(kind))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-async fn fetch_run(conn: &mut SqliteConnection, id: RunId) -> Result<Option<Run>, StoreError> {
-    let row = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM etl_runs WHERE id = ?"))
-        .bind(id.to_string())
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(run_from_row).transpose()
-}
-
-async fn must_fetch_run(conn: &mut SqliteConnection, id: RunId) -> Result<Run, StoreError> {
-    fetch_run(conn, id)
-        .await?
-        .ok_or_else(|| StoreError::Corrupt(format!("run {id} vanished")))
-}
-
-async fn insert_run(conn: &mut SqliteConnection, new: &NewRun) -> Result<Run, StoreError> {
-    let now = to_micros(new.created_at);
-    sqlx::query(
-        "INSERT INTO etl_runs (id, job_name, state, params, requested_by, idempotency_key, \
-         created_at, updated_at, max_attempts, next_attempt_at) \
-         VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(new.id.to_string())
-    .bind(&new.job_name)
-    .bind(new.params.to_string())
-    .bind(&new.requested_by)
-    .bind(&new.idempotency_key)
-    .bind(now)
-    .bind(now)
-    .bind(i64::from(new.max_attempts.max(1)))
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    let kind = RunEventKind::State {
-        state: RunState::Pending,
-        attempt: 0,
-        error: None,
-    };
-    insert_event(conn, new.id, &new.job_name, new.created_at, &kind).await?;
-    must_fetch_run(conn, new.id).await
-}
-
-async fn active_slot_holder(
-    conn: &mut SqliteConnection,
-    job_name: &str,
-) -> Result<Option<(RunId, RunState)>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT id, state FROM etl_runs WHERE job_name = ? AND state IN {SLOT_STATES}"
-    ))
-    .bind(job_name)
-    .fetch_optional(conn)
-    .await?;
-    row.map(|row| -> Result<_, StoreError> {
-        let id: String = row.try_get("id")?;
-        let state: String = row.try_get("state")?;
-        Ok((
-            RunId::from_uuid(parse_uuid(&id, "id")?),
-            parse_state(&state)?,
-        ))
-    })
-    .transpose()
-}
-
-/// Moves the active run of a job out of the way for a forced start.
-async fn cancel_for_force(
-    conn: &mut SqliteConnection,
-    job_name: &str,
-    now: OffsetDateTime,
-) -> Result<Option<RunId>, StoreError> {
-    let Some((id, state)) = active_slot_holder(&mut *conn, job_name).await? else {
-        return Ok(None);
-    };
-    let run = must_fetch_run(&mut *conn, id).await?;
-    let next = if state == RunState::Running {
-        RunState::Cancelling
-    } else {
-        RunState::Cancelled
-    };
-    apply_cancel(conn, &run, next, now).await?;
-    Ok(Some(id))
-}
-
-async fn apply_cancel(
-    conn: &mut SqliteConnection,
-    run: &Run,
-    next: RunState,
-    now: OffsetDateTime,
-) -> Result<(), StoreError> {
-    let finished = (next == RunState::Cancelled).then(|| to_micros(now));
-    sqlx::query(
-        "UPDATE etl_runs SET state = ?, updated_at = ?, finished_at = COALESCE(?, finished_at) \
-         WHERE id = ?",
-    )
-    .bind(next.as_str())
-    .bind(to_micros(now))
-    .bind(finished)
-    .bind(run.id.to_string())
-    .execute(&mut *conn)
-    .await?;
-    let kind = RunEventKind::State {
-        state: next,
-        attempt: run.attempts,
-        error: None,
-    };
-    insert_event(conn, run.id, &run.job_name, now, &kind).await
-}
-
-/// Writes a transition of a run whose attempt `attempt` ends, with its event.
-async fn apply_transition(
-    conn: &mut SqliteConnection,
-    run_id: RunId,
-    job_name: &str,
-    attempt: u32,
-    transition: &Transition,
-    now: OffsetDateTime,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE etl_runs SET state = ?, error = ?, result = COALESCE(?, result), \
-         next_attempt_at = COALESCE(?, next_attempt_at), finished_at = ?, lease_owner = NULL, \
-         lease_expires_at = NULL, updated_at = ?, max_attempts = max_attempts + ? WHERE id = ?",
-    )
-    .bind(transition.state.as_str())
-    .bind(&transition.error)
-    .bind(transition.result.as_ref().map(Value::to_string))
-    .bind(transition.next_attempt_at.map(to_micros))
-    .bind(transition.finished_at.map(to_micros))
-    .bind(to_micros(now))
-    .bind(transition.extra_attempts)
-    .bind(run_id.to_string())
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "UPDATE etl_attempts SET finished_at = ?, outcome = ?, error = ? \
-         WHERE run_id = ? AND number = ? AND finished_at IS NULL",
-    )
-    .bind(to_micros(now))
-    .bind(transition.attempt_outcome)
-    .bind(&transition.attempt_error)
-    .bind(run_id.to_string())
-    .bind(i64::from(attempt))
-    .execute(&mut *conn)
-    .await?;
-    insert_event(conn, run_id, job_name, now, &transition.event(attempt)).await
-}
-
-/// The fence condition on `etl_runs`, binding run id, attempt and instance in order.
-const FENCE: &str =
-    "id = ? AND attempts = ? AND lease_owner = ? AND state IN ('running','cancelling')";
-
 #[async_trait]
 impl JobStore for SqliteStore {
     fn kind(&self) -> &'static str {
@@ -809,134 +594,38 @@ impl JobStore for SqliteStore {
     }
 
     async fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        fetch_run(&mut conn, id).await
+        reads::get_run(&self.pool, id).await
     }
 
     async fn list_runs(&self, job_name: Option<&str>, limit: u32) -> Result<Vec<Run>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM etl_runs WHERE (?1 IS NULL OR job_name = ?1) \
-             ORDER BY created_at DESC, id DESC LIMIT ?2"
-        ))
-        .bind(job_name)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(run_from_row).collect()
+        reads::list_runs(&self.pool, job_name, limit).await
     }
 
     async fn latest_runs(&self) -> Result<Vec<Run>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM (SELECT *, ROW_NUMBER() OVER \
-             (PARTITION BY job_name ORDER BY created_at DESC, id DESC) AS position \
-             FROM etl_runs) WHERE position = 1 ORDER BY job_name"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(run_from_row).collect()
+        reads::latest_runs(&self.pool).await
     }
 
     async fn active_runs(&self, job_name: Option<&str>) -> Result<Vec<Run>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM etl_runs WHERE state IN {ACTIVE_STATES} \
-             AND (?1 IS NULL OR job_name = ?1) ORDER BY created_at"
-        ))
-        .bind(job_name)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(run_from_row).collect()
+        reads::active_runs(&self.pool, job_name).await
     }
 
     async fn count_states(&self) -> Result<StateCounts, StoreError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM etl_runs GROUP BY state")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut counts = StateCounts::default();
-        for row in rows {
-            let state: String = row.try_get("state")?;
-            counts.add(parse_state(&state)?, to_u64(row.try_get("n")?, "count")?);
-        }
-        Ok(counts)
+        reads::count_states(&self.pool).await
     }
 
     async fn attempts(&self, id: RunId) -> Result<Vec<Attempt>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT number, instance_id, started_at, lease_expires_at, heartbeat_at, \
-             finished_at, outcome, error, checkpoint FROM etl_attempts WHERE run_id = ? \
-             ORDER BY number",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let instance: String = row.try_get("instance_id")?;
-                Ok(Attempt {
-                    run_id: id,
-                    number: to_u32(row.try_get("number")?, "number")?,
-                    instance_id: InstanceId::from(parse_uuid(&instance, "instance_id")?),
-                    started_at: from_micros(row.try_get("started_at")?)?,
-                    lease_expires_at: from_micros(row.try_get("lease_expires_at")?)?,
-                    heartbeat_at: from_micros(row.try_get("heartbeat_at")?)?,
-                    finished_at: opt_time(row.try_get("finished_at")?)?,
-                    outcome: row.try_get("outcome")?,
-                    error: row.try_get("error")?,
-                    checkpoint: opt_json(row.try_get("checkpoint")?, "checkpoint")?,
-                })
-            })
-            .collect()
+        reads::attempts(&self.pool, id).await
     }
 
     async fn logs(&self, id: RunId) -> Result<Vec<LogLine>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, run_id, job_name, at, payload FROM etl_events \
-             WHERE run_id = ? AND kind = 'log' ORDER BY seq",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .filter_map(|row| match event_from_row(row) {
-                Ok(event) => log_line(event).map(Ok),
-                Err(err) => Some(Err(err)),
-            })
-            .collect()
+        reads::logs(&self.pool, id).await
     }
 
     async fn events_since(&self, after_seq: i64, limit: u32) -> Result<Vec<RunEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, run_id, job_name, at, payload FROM etl_events WHERE seq > ? \
-             ORDER BY seq LIMIT ?",
-        )
-        .bind(after_seq)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        reads::events_since(&self.pool, after_seq, limit).await
     }
 
     async fn latest_event_seq(&self) -> Result<i64, StoreError> {
-        let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM etl_events")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(seq)
-    }
-}
-
-/// A log event as a log line.
-pub(crate) fn log_line(event: RunEvent) -> Option<LogLine> {
-    match event.kind {
-        RunEventKind::Log {
-            level,
-            message,
-            attempt,
-        } => Some(LogLine {
-            seq: event.seq,
-            attempt,
-            at: event.at,
-            level,
-            message,
-        }),
-        _ => None,
+        reads::latest_event_seq(&self.pool).await
     }
 }
