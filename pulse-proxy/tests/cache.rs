@@ -102,6 +102,11 @@ impl Upstream {
             "/big" => full(big_body()),
             "/big-chunked" => chunked(big_body(), 512),
             "/small-chunked" => chunked(text, 7),
+            "/vary-accept" => {
+                res = res.header("vary", "accept");
+                let accept = req.headers().get("accept").and_then(|v| v.to_str().ok());
+                full(format!("{text} accept={}", accept.unwrap_or("-")))
+            }
             "/max-age-2" => {
                 res = res.header("cache-control", "max-age=2");
                 full(text)
@@ -508,6 +513,26 @@ async fn layers_sharing_a_store_share_entries_and_invalidations(store: Arc<dyn C
     assert_eq!(upstream.calls("/api/jobs"), 2);
 }
 
+async fn vary_is_stored_only_when_the_key_covers_it(store: Arc<dyn CacheStore>) {
+    let accept = |value: &str| {
+        let mut req = get("/vary-accept", "u1");
+        req.headers_mut().insert("accept", value.parse().unwrap());
+        req
+    };
+    // The default key does not include `Accept`: never stored.
+    let h = Harness::new(CacheLayer::from_arc(store.clone()));
+    h.send(accept("text/csv")).await;
+    assert_eq!(h.send(accept("text/csv")).await.x_cache(), "MISS");
+
+    let layer = CacheLayer::from_arc(store).with_key_part(KeyPart::Header(http::header::ACCEPT));
+    let h = Harness::new(layer);
+    assert_eq!(h.send(accept("text/csv")).await.x_cache(), "MISS");
+    assert_eq!(h.send(accept("application/json")).await.x_cache(), "MISS");
+    let csv = h.send(accept("text/csv")).await;
+    assert_eq!(csv.x_cache(), "HIT");
+    assert!(csv.body.ends_with("accept=text/csv"), "{}", csv.body);
+}
+
 async fn x_cache_header_can_be_turned_off(store: Arc<dyn CacheStore>) {
     let h = Harness::new(CacheLayer::from_arc(store).with_x_cache_header(false));
     h.get("/items", "u1").await;
@@ -557,6 +582,7 @@ suite! {
     hits_carry_this_requests_id,
     layers_sharing_a_store_share_entries_and_invalidations,
     x_cache_header_can_be_turned_off,
+    vary_is_stored_only_when_the_key_covers_it,
 }
 
 // ---- store-specific ---------------------------------------------------------------
