@@ -82,6 +82,8 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod api;
+pub mod client;
 pub mod engine;
 pub mod job;
 pub mod jobs;
