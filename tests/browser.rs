@@ -5,7 +5,8 @@
 //! `PULSE_TEST_CHROMEDRIVER`; the browser binary from `PULSE_TEST_CHROMIUM`, else
 //! `chromium` on PATH). CI runs it with `cargo test --test browser -- --ignored`.
 //! On failure a screenshot goes to `target/test-output/`; on success the dashboard is
-//! saved as `docs/dashboard.png` for the README.
+//! saved there too, and as `docs/dashboard.png` (the README's picture) when that is
+//! missing or `PULSE_UPDATE_SCREENSHOT=1`.
 
 #[allow(dead_code, unreachable_pub, unused_imports)]
 #[path = "../examples/full_stack/stack/mod.rs"]
@@ -219,10 +220,20 @@ async fn scenario(client: &Client, base: &str) -> anyhow::Result<()> {
     // The screenshot for the README: the finished run on the dashboard, once the bar's
     // CSS transition has settled (for the picture only; nothing is asserted after it).
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Always into the test output folder; into docs/ (committed, shown by the README)
+    // only when it is missing or PULSE_UPDATE_SCREENSHOT=1, so test runs leave the
+    // checkout clean.
     let png = client.screenshot().await?;
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
-    std::fs::create_dir_all(&docs)?;
-    std::fs::write(docs.join("dashboard.png"), png)?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = root.join("target/test-output");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("dashboard.png"), &png)?;
+    let committed = root.join("docs/dashboard.png");
+    if !committed.exists() || std::env::var_os("PULSE_UPDATE_SCREENSHOT").is_some_and(|v| v == "1")
+    {
+        std::fs::create_dir_all(root.join("docs"))?;
+        std::fs::write(committed, png)?;
+    }
 
     // The viewer sees the same jobs, with the start button disabled.
     client

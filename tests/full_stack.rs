@@ -120,12 +120,22 @@ fn args(data_dir: &std::path::Path) -> Vec<String> {
 }
 
 async fn start_in(dir: &std::path::Path) -> Stack {
+    start_service(Service::All, dir, &[]).await
+}
+
+async fn start_service(service: Service, dir: &std::path::Path, extra: &[&str]) -> Stack {
     let _ = logs();
-    let cli = Cli::try_parse_from_args(args(dir));
-    tokio::time::timeout(DEADLINE, Stack::start(Service::All, cli.options))
+    let mut args = args(dir);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let cli = Cli::try_parse_from_args(args);
+    tokio::time::timeout(DEADLINE, Stack::start(service, cli.options))
         .await
         .expect("stack starts in time")
         .expect("stack starts")
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
 }
 
 async fn start() -> TestStack {
@@ -134,7 +144,7 @@ async fn start() -> TestStack {
     TestStack {
         stack,
         _dir: Some(dir),
-        http: Client::builder(TokioExecutor::new()).build_http(),
+        http: client(),
     }
 }
 
@@ -476,6 +486,25 @@ async fn authentication_and_permissions() {
         "{}",
         status.body
     );
+    // The status the dashboard polls comes from the gateway's cache (1 s TTL) when fresh.
+    let mut hit = false;
+    for _ in 0..20 {
+        let again = t
+            .call(
+                Method::GET,
+                &format!("{back}/api/etl/jobs/status"),
+                Some(&viewer),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::OK);
+        if again.headers.get("x-cache").is_some_and(|v| v == "HIT") {
+            hit = true;
+            break;
+        }
+    }
+    assert!(hit, "a repeated status request is answered from the cache");
     let start = t
         .call(
             Method::POST,
@@ -795,7 +824,7 @@ async fn a_restart_keeps_history_and_secrets() {
     let t = TestStack {
         stack: start_in(dir.path()).await,
         _dir: None,
-        http: Client::builder(TokioExecutor::new()).build_http(),
+        http: client(),
     };
     let back = t.backend();
     let token = t.login(&back, "admin@pulse.local", "admin").await;
@@ -826,7 +855,7 @@ async fn a_restart_keeps_history_and_secrets() {
     let t = TestStack {
         stack: start_in(dir.path()).await,
         _dir: None,
-        http: Client::builder(TokioExecutor::new()).build_http(),
+        http: client(),
     };
     let back = t.backend();
     let runs = t
@@ -852,4 +881,215 @@ async fn a_restart_keeps_history_and_secrets() {
         .collect();
     assert!(ids.contains(&run_id.as_str()), "{}", runs.body);
     t.stack.shutdown().await;
+}
+
+/// The same example run as three processes would be: one service per `Stack`, found
+/// through PULSE_ETL_URL / PULSE_BACKEND_URL, sharing the secrets generated into one
+/// data folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_run_apart_and_share_generated_secrets() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etl = start_service(Service::Etl, dir.path(), &[]).await;
+    let etl_url = format!("http://{}", etl.options.etl_addr);
+    let backend = start_service(Service::Backend, dir.path(), &["--etl-url", &etl_url]).await;
+    let backend_url = format!("http://{}", backend.options.backend_addr);
+    let frontend = start_service(
+        Service::Frontend,
+        dir.path(),
+        &["--backend-url", &backend_url],
+    )
+    .await;
+    assert!(etl.backend.is_none() && etl.frontend.is_none());
+    assert!(backend.etl.is_none() && frontend.backend.is_none());
+
+    let t = TestStack {
+        stack: frontend,
+        _dir: None,
+        http: client(),
+    };
+    let front = t.frontend();
+    let token = t.login(&front, "admin@pulse.local", "admin").await;
+    let started = t
+        .call(
+            Method::POST,
+            &format!("{front}/api/etl/jobs/start"),
+            Some(&token),
+            Some(json!({"job_name": "github_sync"})),
+            &[],
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
+    let run_id = started.body["run_id"].as_str().expect("run_id").to_owned();
+    let run_url = format!("{front}/api/etl/runs/{run_id}");
+    let run = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let answer = t.call(Method::GET, &run_url, Some(&token), None, &[]).await;
+            if answer.body["state"] == "succeeded" {
+                return answer.body;
+            }
+            assert_ne!(answer.body["state"], "failed", "{}", answer.body);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the run succeeds");
+    assert_eq!(run["requested_by"], "admin");
+    t.stack.shutdown().await;
+    backend.shutdown().await;
+    etl.shutdown().await;
+}
+
+/// `--no-demo` seeds nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_demo_nobody_can_log_in() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let t = TestStack {
+        stack: start_service(Service::All, dir.path(), &["--no-demo"]).await,
+        _dir: None,
+        http: client(),
+    };
+    let answer = t
+        .call(
+            Method::POST,
+            &format!("{}/api/auth/login", t.backend()),
+            None,
+            Some(json!({"email": "admin@pulse.local", "password": "admin"})),
+            &[],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(answer.body["code"], "invalid_credentials");
+    t.stack.shutdown().await;
+}
+
+#[test]
+fn the_command_line_is_consistent() {
+    <Cli as clap::CommandFactory>::command().debug_assert();
+    let help = <Cli as clap::CommandFactory>::command()
+        .render_long_help()
+        .to_string();
+    for variable in [
+        "PULSE_FRONTEND_ADDR",
+        "PULSE_BACKEND_ADDR",
+        "PULSE_ETL_ADDR",
+        "PULSE_BACKEND_URL",
+        "PULSE_ETL_URL",
+        "PULSE_DATABASE_URL",
+        "PULSE_DATA_DIR",
+        "PULSE_JWT_SECRET",
+        "PULSE_INTERNAL_KEYS",
+        "PULSE_DEMO",
+        "PULSE_LOG_FORMAT",
+        "PULSE_TLS_CERT",
+        "PULSE_TLS_KEY",
+        "PULSE_JIRA_URL",
+        "PULSE_GITHUB_TOKEN",
+    ] {
+        assert!(help.contains(variable), "--help mentions {variable}");
+    }
+}
+
+/// GET `path` over HTTPS, trusting only `cert`; the status line and body.
+async fn https_get(
+    addr: std::net::SocketAddr,
+    cert: &std::path::Path,
+    path: &str,
+) -> (String, String) {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls::pki_types::CertificateDer::pem_file_iter(cert).expect("cert file") {
+        roots.add(der.expect("PEM")).expect("trusted");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = tokio::time::timeout(DEADLINE, connector.connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("TLS handshake with the generated certificate");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut answer))
+        .await
+        .expect("answer in time");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    (status, text)
+}
+
+/// `--self-signed`: the backend and the frontend serve HTTPS with a generated
+/// certificate, and the frontend reaches the backend over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_signed_https_for_frontend_and_backend() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stack = start_service(Service::All, dir.path(), &["--self-signed"]).await;
+    let cert = dir.path().join("tls/cert.pem");
+    assert!(cert.is_file());
+    let backend = stack.backend.as_ref().expect("backend").server.addr;
+    let frontend = stack.frontend.as_ref().expect("frontend").addr;
+    let (status, body) = https_get(backend, &cert, "/health").await;
+    assert!(status.contains(" 200"), "{body}");
+    // Through the frontend: browser → TLS → frontend → TLS → backend → ETL.
+    let (status, body) = https_get(frontend, &cert, "/health").await;
+    assert!(status.contains(" 200"), "{body}");
+    assert!(body.contains("\"healthy\""), "{body}");
+    let (status, body) = https_get(frontend, &cert, "/").await;
+    assert!(
+        status.contains(" 200") && body.contains("<html"),
+        "{status}"
+    );
+    stack.shutdown().await;
+}
+
+/// The stack on PostgreSQL (`PULSE_DATABASE_URL=postgres://…`), in its own schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (PULSE_TEST_DATABASE_URL)"]
+async fn the_stack_runs_on_postgresql() {
+    let url = std::env::var("PULSE_TEST_DATABASE_URL").expect("PULSE_TEST_DATABASE_URL");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let schema = format!("full_stack_{}", std::process::id());
+    let t = TestStack {
+        stack: start_service(
+            Service::All,
+            dir.path(),
+            &["--database-url", &url, "--database-schema", &schema],
+        )
+        .await,
+        _dir: None,
+        http: client(),
+    };
+    let back = t.backend();
+    let token = t.login(&back, "admin@pulse.local", "admin").await;
+    let started = t
+        .call(
+            Method::POST,
+            &format!("{back}/api/etl/jobs/jira_sync/start"),
+            Some(&token),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
+    let run_id = started.body["run_id"].as_str().expect("run_id").to_owned();
+    assert_eq!(t.wait_terminal(&token, &run_id).await["state"], "succeeded");
+    let health = t
+        .call(Method::GET, &format!("{back}/health"), None, None, &[])
+        .await;
+    assert_eq!(health.body["services"]["database"]["status"], "healthy");
+    t.stack.shutdown().await;
+    if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&pool)
+            .await;
+    }
 }

@@ -73,6 +73,9 @@ pub struct Options {
     /// The job store: `sqlite://path` or `postgres://…` [default: SQLite file in the data folder].
     #[arg(long, env = "PULSE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// PostgreSQL only: keep the tables in this schema (letters, digits, `_`) [default: public].
+    #[arg(long, env = "PULSE_DATABASE_SCHEMA")]
+    pub database_schema: Option<String>,
     /// The data folder: SQLite database, generated secrets, self-signed certificate.
     #[arg(long, env = "PULSE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,

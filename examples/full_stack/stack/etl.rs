@@ -10,7 +10,9 @@ use pulse_core::jwt::VerificationKey;
 use pulse_core::request_id::RequestIdLayer;
 use pulse_etl::api::EtlApi;
 use pulse_etl::jobs::{GitHubConfig, JiraConfig, SeedJobsConfig, register_seed_jobs};
-use pulse_etl::{EngineConfig, JobEngine, JobRegistry, JobStore, PgStore, SqliteStore};
+use pulse_etl::{
+    EngineConfig, JobEngine, JobRegistry, JobStore, PgStore, PgStoreOptions, SqliteStore,
+};
 use tokio::net::TcpListener;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -103,7 +105,11 @@ pub fn internal_auth(secrets: &Secrets) -> anyhow::Result<InternalAuthLayer> {
 async fn open_store(options: &Options) -> anyhow::Result<std::sync::Arc<dyn JobStore>> {
     let url = options.database_url();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PgStore::connect(&url)
+        let mut pg = PgStoreOptions::new(url.as_str()).with_application_name("pulse-etl");
+        if let Some(schema) = &options.database_schema {
+            pg = pg.with_schema(schema.clone());
+        }
+        let store = PgStore::connect_with(pg)
             .await
             .context("connecting to PostgreSQL")?;
         tracing::info!("job store: PostgreSQL");

@@ -85,6 +85,9 @@ pub async fn render(State(gateway): State<Gateway>) -> Response {
     metrics::counter!("pulse_cache_hits_total").absolute(cache.hits);
     metrics::counter!("pulse_cache_misses_total").absolute(cache.misses);
     metrics::counter!("pulse_cache_coalesced_total").absolute(cache.coalesced);
+    metrics::counter!("pulse_cache_bypasses_total").absolute(cache.bypasses);
+    metrics::counter!("pulse_cache_stores_total").absolute(cache.stores);
+    metrics::counter!("pulse_cache_store_errors_total").absolute(cache.store_errors);
     metrics::gauge!("pulse_ws_clients").set(gateway.hub.clients() as f64);
     metrics::gauge!("pulse_etl_events_connected").set(if gateway.hub.upstream_up() {
         1.0

@@ -205,7 +205,12 @@ pub async fn start(
     let etl_routes = Router::new()
         .route_service(
             "/api/etl/jobs/status",
-            status.map_response(IntoResponse::into_response),
+            ServiceBuilder::new()
+                // Read the small status body to its end here: the cache stores an entry
+                // when its body ends, which hyper may never poll for once the
+                // Content-Length bytes are written.
+                .layer(middleware::map_response(read_to_end))
+                .service(status.map_response(IntoResponse::into_response)),
         )
         .route_service(
             "/api/etl/{*path}",
@@ -313,6 +318,22 @@ async fn health(State(gateway): State<Gateway>) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
     response
+}
+
+async fn read_to_end(response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    match axum::body::to_bytes(body, 1024 * 1024).await {
+        Ok(bytes) => Response::from_parts(parts, Body::from(bytes)),
+        Err(error) => {
+            tracing::warn!(%error, "reading the status answer failed");
+            json_error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "The ETL service's answer broke off",
+                RequestId::current().map(|id| id.to_string()),
+            )
+        }
+    }
 }
 
 async fn retry_after_on_503(request: Request, next: Next) -> Response {
