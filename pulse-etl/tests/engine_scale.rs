@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use engine_support::{Gauge, ScriptJob, fast_config, wait_for_state, wait_until};
 use pulse_etl::{
-    InstanceId, JobEngine, JobRegistry, JobStore, RunState, Schedule, SqliteStore, StartRequest,
-    StorePool,
+    InstanceId, JobEngine, JobRegistry, JobStore, ManualClock, RunState, Schedule, SqliteStore,
+    StartRequest, StorePool,
 };
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -216,4 +216,61 @@ async fn three_instances_fire_each_schedule_slot_once() {
     assert_eq!(usize::try_from(fired).unwrap(), runs.len());
     assert!(slots >= fired);
     assert!(runs.iter().all(|run| run.state != RunState::Failed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_clock_expires_leases_and_fences_the_stalled_attempt() {
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let config = || {
+        fast_config()
+            .with_clock(clock.clone())
+            .with_lease(Duration::from_secs(60))
+            // Nothing renews or sweeps on its own within the test: only the clock moves.
+            .with_heartbeat_interval(Duration::from_secs(3600))
+            .with_sweep_interval(Duration::from_secs(3600))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = file_store(&dir).await;
+    let stalled_job = ScriptJob::new("job");
+    let release = Arc::clone(&stalled_job.release);
+    let stalled = JobEngine::launch(
+        Arc::clone(&store),
+        JobRegistry::new().with_job(stalled_job),
+        config(),
+    )
+    .await
+    .unwrap();
+    let started = stalled
+        .start(
+            StartRequest::new("job")
+                .with_params(json!({"hold_attempts": 1, "ignore_cancel": true})),
+        )
+        .await
+        .unwrap();
+    wait_for_state(&*store, started.run.id, RunState::Running).await;
+
+    // Past the lease, a newly started instance recovers the run at start-up.
+    clock.advance(Duration::from_secs(61));
+    let rescuer = JobEngine::launch(
+        Arc::clone(&store),
+        JobRegistry::new().with_job(ScriptJob::new("job")),
+        config(),
+    )
+    .await
+    .unwrap();
+    let run = rescuer.wait_for_terminal(started.run.id).await.unwrap();
+    assert_eq!((run.state, run.attempts), (RunState::Succeeded, 2));
+
+    // The stalled attempt wakes up and finishes: its late success is rejected.
+    release.add_permits(1);
+    wait_until("the stalled attempt gave up", || async {
+        stalled.running_here() == 0
+    })
+    .await;
+    let attempts = store.attempts(run.id).await.unwrap();
+    let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
+    assert_eq!(outcomes, [Some("lease_expired"), Some("succeeded")]);
+    assert_eq!(store.get_run(run.id).await.unwrap().unwrap(), run);
+    rescuer.shutdown().await;
+    stalled.shutdown().await;
 }
