@@ -36,6 +36,10 @@ pub enum ClientError {
     /// The base URL or a built URL is not valid.
     #[error("invalid ETL service URL: {0}")]
     InvalidUrl(String),
+    /// A request value cannot be sent (e.g. an `Idempotency-Key` that is not a valid
+    /// header value).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
 }
 
 impl ClientError {

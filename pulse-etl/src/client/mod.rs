@@ -319,7 +319,7 @@ where
         let mut request = self.request(Method::POST, &path, Some(body))?;
         if let Some(key) = &options.idempotency_key {
             let value = HeaderValue::from_str(key)
-                .map_err(|_| ClientError::InvalidUrl("invalid Idempotency-Key".to_owned()))?;
+                .map_err(|_| ClientError::InvalidRequest("invalid Idempotency-Key".to_owned()))?;
             request.headers_mut().insert(IDEMPOTENCY_KEY, value);
         }
         self.timed(self.decode(request)).await
