@@ -10,13 +10,16 @@
 //! - A **run** ([`Run`]) is one execution request with its own id, state, progress and
 //!   attempts. States: `pending → running → succeeded | failed | cancelled`, with
 //!   `retrying` between attempts and `cancelling` while a cancel is under way.
-//! - A **store** ([`JobStore`]: [`SqliteStore`], `PgStore`) holds every invariant
+//! - A **store** ([`JobStore`]: [`SqliteStore`], [`PgStore`]) holds every invariant
 //!   that must survive a crash: one active run per job (a partial unique index),
 //!   state changes written with their event rows in one transaction, every attempt's
 //!   writes fenced by its attempt number.
 //! - The **engine** ([`JobEngine`]) claims runs, heartbeats their leases, sweeps
 //!   expired leases (a dead worker's run is retried by another), fires schedules once
 //!   across instances and hands running attempts back on shutdown.
+//!
+//! The crate's README lists each guarantee with the test that checks it — among them
+//! worker processes killed (SIGKILL), frozen (SIGSTOP) and resumed, on both stores.
 //!
 //! ## Example
 //!
@@ -78,7 +81,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---------|---------|--------------|
-//! | (none)  | yes     | the engine, [`SqliteStore`] and `PgStore` |
+//! | (none)  | yes     | the engine, [`SqliteStore`] and [`PgStore`] |
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
