@@ -397,3 +397,29 @@ async fn logs_of_an_executed_run() {
         json!({"done": 1, "total": 1, "message": "page 1 of 1"})
     );
 }
+
+#[tokio::test]
+async fn an_idempotent_replay_answers_as_the_first_time_even_after_the_run_moved_on() {
+    let app = app(1).await;
+    let start = || {
+        keyed(Request::post("/api/v1/jobs/jira_sync/start"))
+            .header("idempotency-key", "start-after-run")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let first = app.send(start()).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let run_id = first.body["run_id"].as_str().unwrap().to_owned();
+    let run = app
+        .engine
+        .wait_for_terminal(run_id.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+
+    let retried = app.send(start()).await;
+    assert_eq!(retried.status, first.status);
+    assert_eq!(retried.body, first.body);
+    let current = app.get(&format!("/api/v1/runs/{run_id}")).await;
+    assert_eq!(current.body["state"], "succeeded");
+}

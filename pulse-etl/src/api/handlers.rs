@@ -15,7 +15,7 @@ use super::types::{
     RunsResponse, StartJobBody, StartNamedJobBody, StartResponse, StatusResponse,
 };
 use crate::engine::StartRequest;
-use crate::model::{Run, RunId, RunState};
+use crate::model::{Progress, Run, RunId, RunState};
 
 /// `idempotent-replayed: true` marks the answer of a replayed `Idempotency-Key`.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -123,7 +123,11 @@ async fn start(
     request.idempotency_key = idempotency_key;
     // `start` returns once the run is committed, so a 202 never announces a lost run.
     let outcome = state.engine.start(request).await?;
-    let run = outcome.run;
+    let run = if outcome.created {
+        outcome.run
+    } else {
+        as_committed(outcome.run)
+    };
     let message = match outcome.replaced {
         Some(replaced) => format!(
             "Job {} started; active run {replaced} cancelled",
@@ -144,6 +148,22 @@ async fn start(
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// The run as the first start of an idempotency key answered it: just committed,
+/// before any attempt. A replay answers with it, so the retried request gets the first
+/// answer again (the run's current state is one `GET /api/v1/runs/{id}` away).
+fn as_committed(run: Run) -> Run {
+    Run {
+        state: RunState::Pending,
+        started_at: None,
+        finished_at: None,
+        attempts: 0,
+        progress: Progress::default(),
+        error: None,
+        result: None,
+        ..run
+    }
 }
 
 /// `GET /api/v1/runs/{id}`.

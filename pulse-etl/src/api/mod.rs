@@ -26,8 +26,8 @@
 //! A start answers `202` only once the run is committed. `requested_by` is the subject
 //! of the [`Identity`](pulse_core::Identity) that [`InternalAuthLayer`] took from a
 //! signed internal token; plain `X-User-*` headers are never read. An
-//! `Idempotency-Key` header makes a retried start return the first run (same status,
-//! same run, with `Idempotent-Replayed: true`).
+//! `Idempotency-Key` header makes a retried start return the first answer: the same
+//! status and body (the run as committed), with `Idempotent-Replayed: true`.
 //!
 //! The layers, outermost first: the correlation id ([`RequestIdLayer`]: every answer
 //! and error body carries it), internal authentication (only `/health`, matched
