@@ -635,6 +635,31 @@ async fn authentication_and_permissions() {
     assert!(text.contains("pulse_http_requests_total"), "{text}");
     assert!(text.contains("pulse_breaker_state"), "{text}");
     assert!(text.contains("pulse_cache_hits_total"), "{text}");
+
+    // The WebSocket with ?access_token= (tools), and without a token: refused.
+    let backend_addr = t.stack.backend.as_ref().expect("backend").server.addr;
+    let (_socket, answer) = tokio::time::timeout(
+        DEADLINE,
+        tokio_tungstenite::connect_async(format!(
+            "ws://{backend_addr}/ws/job-status?access_token={viewer}"
+        )),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("a viewer may watch job status");
+    assert_eq!(answer.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let refused = tokio::time::timeout(
+        DEADLINE,
+        tokio_tungstenite::connect_async(format!("ws://{backend_addr}/ws/job-status")),
+    )
+    .await
+    .expect("answer in time");
+    match refused {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
     t.stack.shutdown().await;
 }
 
@@ -744,6 +769,18 @@ async fn an_etl_outage_opens_the_circuit_and_it_heals() {
         health.body["services"]["backend_service"]["status"],
         "healthy"
     );
+    // The frontend forwards the 503 and its JSON body unchanged (the dashboard's panel).
+    let via_frontend = t
+        .call(
+            Method::GET,
+            &format!("{}/health", t.frontend()),
+            None,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(via_frontend.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(via_frontend.body["status"], "unhealthy");
 
     // Keep calling: the breaker opens and answers for the ETL.
     let open = tokio::time::timeout(DEADLINE, async {
@@ -768,6 +805,18 @@ async fn an_etl_outage_opens_the_circuit_and_it_heals() {
     assert!(open.headers.contains_key("retry-after"));
     let breaker = t.stack.backend.as_ref().expect("backend").breaker.clone();
     assert_ne!(breaker.state(), pulse_breaker::State::Closed);
+    let metrics = t
+        .call(Method::GET, &format!("{back}/metrics"), None, None, &[])
+        .await;
+    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    assert!(
+        text.contains(r#"pulse_proxy_errors_total{kind="circuit_open"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"pulse_breaker_state{upstream="etl"}"#),
+        "{text}"
+    );
 
     // ETL back: after the open period a probe goes through and the circuit closes.
     t.stack.restart_etl().await.expect("ETL restarts");

@@ -11,7 +11,8 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use rand::RngCore;
 
 /// Pulse full stack: dashboard (frontend), API gateway (backend) and ETL job service.
-#[derive(Debug, Clone, Parser)]
+// No `Debug`: the options hold secrets, and nothing should ever print them.
+#[derive(Clone, Parser)]
 #[command(
     name = "full_stack",
     about = "Pulse: a browser dashboard, an API gateway and an ETL job service, talking over real HTTP.",
@@ -53,7 +54,8 @@ pub enum LogFormat {
 }
 
 /// Every address, key, secret and URL, by flag and by environment variable.
-#[derive(Debug, Clone, Args)]
+/// (No `Debug`: it holds secrets.)
+#[derive(Clone, Args)]
 pub struct Options {
     /// Where the dashboard listens.
     #[arg(long, env = "PULSE_FRONTEND_ADDR", default_value = "127.0.0.1:3000")]

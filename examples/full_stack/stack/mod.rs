@@ -21,7 +21,6 @@ use self::etl::EtlService;
 use self::serve::Running;
 
 /// The services of one process.
-#[derive(Debug)]
 pub struct Stack {
     /// The settings it was started with.
     pub options: Options,
@@ -34,6 +33,17 @@ pub struct Stack {
     pub backend: Option<BackendService>,
     /// The ETL service, if running here.
     pub etl: Option<EtlService>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The options and secrets are left out on purpose.
+        f.debug_struct("Stack")
+            .field("frontend", &self.frontend)
+            .field("backend", &self.backend)
+            .field("etl", &self.etl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Stack {
