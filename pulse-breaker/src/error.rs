@@ -93,9 +93,7 @@ impl BreakerOpen {
         }
         response
     }
-}
 
-impl BreakerOpen {
     /// [`to_http_response`](Self::to_http_response) with the request id read from the
     /// request's `X-Request-ID` header.
     #[must_use]

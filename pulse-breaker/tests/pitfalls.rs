@@ -477,3 +477,24 @@ async fn future_is_send_and_drop_safe() {
     let mut cx = Context::from_waker(waker);
     assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(1))));
 }
+
+#[tokio::test(start_paused = true)]
+async fn static_breakers_trip_and_heal_like_counted_ones() {
+    let counted = breaker(
+        BreakerConfig::default()
+            .with_consecutive_failures(Some(1))
+            .with_backoff(constant(1)),
+    );
+    let fast = counted.clone().into_static();
+    let mut svc = CircuitBreaker::new(
+        service_fn(|fail: bool| async move { if fail { Err("down") } else { Ok(()) } }),
+        fast.clone(),
+    );
+    assert!(svc.ready().await.unwrap().call(true).await.is_err());
+    assert_eq!(counted.state(), State::Open, "both handles see one circuit");
+    let err = svc.ready().await.unwrap().call(false).await.unwrap_err();
+    assert!(err.is::<BreakerOpen>());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    svc.ready().await.unwrap().call(false).await.unwrap();
+    assert_eq!(fast.state(), State::Closed);
+}
