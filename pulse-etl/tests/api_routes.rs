@@ -230,6 +230,14 @@ async fn a_retried_start_with_the_same_idempotency_key_returns_the_first_answer(
     let runs = app.get("/api/v1/jobs/jira_sync/runs").await;
     assert_eq!(runs.body["runs"].as_array().unwrap().len(), 1);
 
+    let other_job = keyed(Request::post("/api/v1/jobs/github_sync/start"))
+        .header("idempotency-key", "start-42")
+        .body(Body::empty())
+        .unwrap();
+    let answer = app.send(other_job).await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+    assert_eq!(error_code(&answer), "idempotency_key_reused");
+
     let bad_key = keyed(Request::post("/api/v1/jobs/jira_sync/start"))
         .header("idempotency-key", "x".repeat(256))
         .body(Body::empty())

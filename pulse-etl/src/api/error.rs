@@ -30,6 +30,8 @@ pub(crate) const INVALID_PARAMS: ErrorCode = ErrorCode::new("invalid_params");
 pub(crate) const STORE_UNAVAILABLE: ErrorCode = ErrorCode::new("store_unavailable");
 /// `shutting_down` (503).
 pub(crate) const SHUTTING_DOWN: ErrorCode = ErrorCode::new("shutting_down");
+/// `idempotency_key_reused` (409): the key started another job.
+pub(crate) const IDEMPOTENCY_KEY_REUSED: ErrorCode = ErrorCode::new("idempotency_key_reused");
 /// `unsupported_media_type` (415).
 pub(crate) const UNSUPPORTED_MEDIA_TYPE: ErrorCode = ErrorCode::new("unsupported_media_type");
 

@@ -5,10 +5,11 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderName, HeaderValue, StatusCode};
 use pulse_core::Identity;
+use pulse_core::error::ApiError;
 use serde::Deserialize;
 
 use super::ApiState;
-use super::error::ErrorResponse;
+use super::error::{ErrorResponse, IDEMPOTENCY_KEY_REUSED};
 use super::extract::{IdempotencyKey, JsonBody, PathParams, QueryParams};
 use super::types::{
     CancelResponse, JobState, JobStatusView, JobView, JobsResponse, LogEntry, LogsResponse,
@@ -116,7 +117,7 @@ async fn start(
     identity: Option<Identity>,
     idempotency_key: Option<String>,
 ) -> ApiResult<Response> {
-    let mut request = StartRequest::new(job_name)
+    let mut request = StartRequest::new(job_name.clone())
         .with_params(params)
         .with_force(force);
     request.requested_by = identity.map(|identity| identity.subject);
@@ -125,8 +126,16 @@ async fn start(
     let outcome = state.engine.start(request).await?;
     let run = if outcome.created {
         outcome.run
-    } else {
+    } else if outcome.run.job_name == job_name {
         as_committed(outcome.run)
+    } else {
+        // Keys are global: one reused for another job is a client bug, not a replay.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            IDEMPOTENCY_KEY_REUSED,
+            "Idempotency-Key already used to start another job",
+        )
+        .into());
     };
     let message = match outcome.replaced {
         Some(replaced) => format!(

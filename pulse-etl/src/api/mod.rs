@@ -21,7 +21,8 @@
 //! (`run_already_active`, with `run_id`) or already finished (`run_already_finished`);
 //! `413` a body over the limit (64 KiB by default); `415` a non-JSON body; `422` an
 //! unknown job naming the allowed ones (`unknown_job`); `503` the store failing
-//! (`store_unavailable`, no detail) or shutdown (`shutting_down`).
+//! (`store_unavailable`, no detail) or shutdown (`shutting_down`). An `Idempotency-Key`
+//! reused for another job is a `409` (`idempotency_key_reused`).
 //!
 //! A start answers `202` only once the run is committed. `requested_by` is the subject
 //! of the [`Identity`](pulse_core::Identity) that [`InternalAuthLayer`] took from a
