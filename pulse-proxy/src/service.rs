@@ -203,6 +203,8 @@ fn prepare<B: Body>(
     let wants_trailers = headers::accepts_trailers(&parts.headers);
 
     let mut out_headers = std::mem::take(&mut parts.headers);
+    // Room for what step 4 inserts, so the map grows once, not once per insert.
+    out_headers.reserve(8);
     // 3 + 4a. Hop-by-hop (incl. every `Connection` line's tokens) and reserved headers
     // go first, so nothing the client names can remove what is injected next.
     headers::strip_inbound(&mut out_headers, config.forward_authorization);
