@@ -163,7 +163,7 @@ pub async fn start(
         INTERNAL_TOKEN_ISSUER,
     );
 
-    // The outbound side, innermost first (a request passes these bottom-up).
+    // The outbound side, outermost first: Proxy → breaker → credential → pooled HTTP.
     let transport = ServiceBuilder::new()
         // Open circuit → BreakerOpen, which the proxy answers 503 circuit_open + Retry-After;
         // 5xx and transport errors count as failures, 4xx do not.
@@ -201,7 +201,9 @@ pub async fn start(
         health: Arc::new(health_checks(&etl_url)?),
     };
 
-    // `/api/etl/*`, outermost first (the correlation id and trace are on the whole router).
+    // `/api/etl/*`. Each `.layer` wraps the ones before it, so a request meets them
+    // bottom-up: JWT → RBAC → metrics → [status cache] → Proxy (the correlation id and
+    // trace wrap the whole router below).
     let etl_routes = Router::new()
         .route_service(
             "/api/etl/jobs/status",
