@@ -33,7 +33,7 @@ use crate::error::{BoxError, ProxyError};
 /// or HTTP/2) with a hard cap on requests in flight that fails fast.
 ///
 /// `B` is the request body type; `C` the connector (plain TCP by default, rustls with
-/// [`HttpTransport::https`], a Unix socket in [`UnixTransport`](super::UnixTransport)).
+/// `HttpTransport::https` (feature `tls`), a Unix socket in [`UnixTransport`](super::UnixTransport)).
 /// Clones share the pool and the cap.
 pub struct HttpTransport<B, C = HttpConnector> {
     client: Client<C, B>,
