@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body::Frame;
+use http_body::{Body as _, Frame};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use pulse_core::Identity;
 use pulse_proxy::cache::{
@@ -102,6 +102,11 @@ impl Upstream {
             "/big" => full(big_body()),
             "/big-chunked" => chunked(big_body(), 512),
             "/small-chunked" => chunked(text, 7),
+            // A body of unknown length, announced by `Content-Length`.
+            "/sized-chunked" => {
+                res = res.header("content-length", text.len());
+                chunked(text, 7)
+            }
             "/vary-accept" => {
                 res = res.header("vary", "accept");
                 let accept = req.headers().get("accept").and_then(|v| v.to_str().ok());
@@ -541,6 +546,74 @@ async fn x_cache_header_can_be_turned_off(store: Arc<dyn CacheStore>) {
     assert_eq!(h.stats.snapshot().hits, 1);
 }
 
+async fn a_body_is_complete_when_the_upstream_body_ends(store: Arc<dyn CacheStore>) {
+    let h = Harness::new(CacheLayer::from_arc(store));
+    let res = h.svc.clone().oneshot(get("/items", "u1")).await.unwrap();
+    let mut body = res.into_body();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "GET /items user=u1 n=1");
+    // The upstream body said it ended: stored, and reported as ended, without a poll
+    // to `None` (a server never makes it).
+    assert!(body.is_end_stream());
+    assert_eq!(body.size_hint().exact(), Some(0));
+    assert_eq!(h.stats.snapshot().stores, 1);
+    assert_eq!(h.get("/items", "u1").await.x_cache(), "HIT");
+    drop(body);
+    assert_eq!(h.upstream.calls("/items"), 1);
+}
+
+async fn a_body_is_complete_at_its_content_length(store: Arc<dyn CacheStore>) {
+    let h = Harness::new(CacheLayer::from_arc(store));
+    let res = h
+        .svc
+        .clone()
+        .oneshot(get("/sized-chunked", "u1"))
+        .await
+        .unwrap();
+    let len: usize = res.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = res.into_body();
+    let mut got = Vec::new();
+    // What a server does: read `Content-Length` bytes, then stop.
+    while got.len() < len {
+        let frame = body.frame().await.unwrap().unwrap();
+        got.extend_from_slice(&frame.into_data().unwrap());
+    }
+    assert_eq!(got, b"GET /sized-chunked user=u1 n=1");
+    assert_eq!(h.stats.snapshot().stores, 1);
+    let hit = h.get("/sized-chunked", "u1").await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert_eq!(hit.body, "GET /sized-chunked user=u1 n=1");
+    // The end of the stream, seen later, stores nothing more.
+    assert!(body.frame().await.is_none());
+    assert_eq!(h.stats.snapshot().stores, 1);
+    assert_eq!(h.upstream.calls("/sized-chunked"), 1);
+}
+
+async fn a_body_dropped_before_its_length_is_not_stored(store: Arc<dyn CacheStore>) {
+    let h = Harness::new(CacheLayer::from_arc(store));
+    let res = h
+        .svc
+        .clone()
+        .oneshot(get("/sized-chunked", "u1"))
+        .await
+        .unwrap();
+    let mut body = res.into_body();
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "GET /si"
+    );
+    assert!(!body.is_end_stream());
+    drop(body);
+    assert_eq!(h.stats.snapshot().stores, 0);
+    let next = h.get("/sized-chunked", "u1").await;
+    assert_eq!(next.x_cache(), "MISS");
+    assert_eq!(next.body, "GET /sized-chunked user=u1 n=2");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -583,6 +656,9 @@ suite! {
     layers_sharing_a_store_share_entries_and_invalidations,
     x_cache_header_can_be_turned_off,
     vary_is_stored_only_when_the_key_covers_it,
+    a_body_is_complete_when_the_upstream_body_ends,
+    a_body_is_complete_at_its_content_length,
+    a_body_dropped_before_its_length_is_not_stored,
 }
 
 // ---- store-specific ---------------------------------------------------------------
@@ -639,6 +715,70 @@ async fn a_broken_store_never_fails_a_request() {
     let post = h.send(request(Method::POST, "/items", "u1")).await;
     assert_eq!(post.status, StatusCode::OK);
     assert_eq!(h.stats.snapshot().store_errors, 3);
+}
+
+/// A memory store whose writes wait for a permit.
+struct GatedStore {
+    inner: MemoryStore,
+    gate: Arc<Semaphore>,
+}
+
+impl CacheStore for GatedStore {
+    fn get(
+        &self,
+        key: &pulse_proxy::cache::CacheKey,
+    ) -> pulse_proxy::cache::store::StoreFuture<pulse_proxy::cache::store::Lookup> {
+        self.inner.get(key)
+    }
+
+    fn put(
+        &self,
+        key: &pulse_proxy::cache::CacheKey,
+        response: Arc<pulse_proxy::cache::CachedResponse>,
+        generation: u64,
+        ttl: Duration,
+    ) -> pulse_proxy::cache::store::StoreFuture<()> {
+        let put = self.inner.put(key, response, generation, ttl);
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            let _permit = gate.acquire().await.unwrap();
+            put.await
+        })
+    }
+
+    fn invalidate(&self, scopes: &[Arc<str>]) -> pulse_proxy::cache::store::StoreFuture<()> {
+        self.inner.invalidate(scopes)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_complete_body_dropped_during_its_write_is_still_stored() {
+    use futures_util::FutureExt;
+
+    let gate = Arc::new(Semaphore::new(0));
+    let h = Arc::new(Harness::new(CacheLayer::new(GatedStore {
+        inner: MemoryStore::new(),
+        gate: gate.clone(),
+    })));
+    let res = h.svc.clone().oneshot(get("/items", "u1")).await.unwrap();
+    let waiter = tokio::spawn({
+        let h = h.clone();
+        async move { h.get("/items", "u1").await }
+    });
+    until("the waiter waits", || h.stats.snapshot().waits == 1).await;
+    let mut body = res.into_body();
+    // The body is complete; its last frame waits for the write.
+    assert!(body.frame().now_or_never().is_none());
+    assert!(!body.is_end_stream());
+    drop(body);
+    gate.add_permits(1);
+    let shared = waiter.await.unwrap();
+    assert_eq!(shared.body, "GET /items user=u1 n=1");
+    assert_eq!(shared.x_cache(), "HIT");
+    assert_eq!(h.stats.snapshot().stores, 1);
+    gate.add_permits(1);
+    assert_eq!(h.get("/items", "u1").await.x_cache(), "HIT");
+    assert_eq!(h.upstream.calls("/items"), 1);
 }
 
 #[cfg(feature = "redis")]

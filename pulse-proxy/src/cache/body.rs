@@ -36,12 +36,52 @@ pin_project! {
     enum Kind<B> {
         Stored { data: Option<Bytes> },
         Inner { #[pin] body: B },
-        Tee {
-            #[pin]
-            body: B,
-            recorder: Option<Recorder>,
-            finishing: Option<Finishing>,
-        },
+        Tee { #[pin] body: B, state: TeeState },
+    }
+}
+
+/// The recording side of a teed body.
+///
+/// The recording completes as soon as the body is known to be complete: after the
+/// frame that brings it to its exact length, or after which the upstream body reports
+/// its end, or at the end of the stream. A server such as hyper stops polling a body
+/// once it has written its `Content-Length`, so waiting for the end of the stream
+/// would never store a sized body. The frame that completes the body is held until the
+/// entry is written, so a client that has the whole body finds the entry.
+struct TeeState {
+    /// `None` once the recording is complete or given up.
+    recorder: Option<Recorder>,
+    /// The write of the complete recording.
+    finishing: Option<Finishing>,
+    /// The frame that completed the body, released once `finishing` is done.
+    last: Option<Frame<Bytes>>,
+}
+
+impl TeeState {
+    fn give_up(&mut self) {
+        if let Some(rec) = self.recorder.take() {
+            rec.give_up();
+        }
+    }
+
+    /// Completes the recording, exactly once (the recorder is taken).
+    fn complete(&mut self, last: Option<Frame<Bytes>>) {
+        if let Some(rec) = self.recorder.take() {
+            self.finishing = Some(rec.finish());
+        }
+        self.last = last;
+    }
+}
+
+impl Drop for TeeState {
+    fn drop(&mut self) {
+        // The upstream body was complete; only its last frame was not delivered yet:
+        // the response is good, so the write still happens and the waiters get it. A
+        // recording dropped before it is complete is never stored: its guard abandons
+        // the flight and the waiters start over.
+        if let Some(finishing) = self.finishing.take() {
+            finishing.detach();
+        }
     }
 }
 
@@ -78,8 +118,11 @@ impl<B> CacheBody<B> {
         Self {
             kind: Kind::Tee {
                 body,
-                recorder: Some(recorder),
-                finishing: None,
+                state: TeeState {
+                    recorder: Some(recorder),
+                    finishing: None,
+                    last: None,
+                },
             },
         }
     }
@@ -104,49 +147,40 @@ where
         match self.project().kind.project() {
             KindProj::Stored { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Tee {
-                mut body,
-                recorder,
-                finishing,
-            } => loop {
-                if let Some(pending) = finishing.as_mut() {
-                    let stored = match pending.put.as_mut() {
+            KindProj::Tee { mut body, state } => loop {
+                if let Some(finishing) = state.finishing.as_mut() {
+                    let stored = match finishing.put.as_mut() {
                         Some(put) => Some(ready!(put.as_mut().poll(cx)).is_ok()),
                         None => None,
                     };
-                    if let Some(pending) = finishing.take() {
-                        pending.done(stored);
+                    if let Some(finishing) = state.finishing.take() {
+                        finishing.done(stored);
                     }
-                    return Poll::Ready(None);
+                    return Poll::Ready(state.last.take().map(Ok));
                 }
-                match ready!(body.as_mut().poll_frame(cx)) {
+                let frame = ready!(body.as_mut().poll_frame(cx));
+                // Complete or given up: the rest (if any) streams through.
+                let Some(rec) = state.recorder.as_mut() else {
+                    return Poll::Ready(frame);
+                };
+                match frame {
                     Some(Ok(frame)) => {
-                        if let Some(rec) = recorder.as_mut() {
-                            let fits = frame
-                                .data_ref()
-                                .is_some_and(|data| rec.buf.len() + data.len() <= rec.max);
-                            match (fits, frame.data_ref()) {
-                                (true, Some(data)) => rec.buf.extend_from_slice(data),
-                                // Too large, or trailers: serve it, don't store it.
-                                _ => {
-                                    if let Some(rec) = recorder.take() {
-                                        rec.give_up();
-                                    }
-                                }
-                            }
+                        if !rec.record(&frame) {
+                            // Too large, longer than announced, or trailers: serve it,
+                            // don't store it.
+                            state.give_up();
+                            return Poll::Ready(Some(Ok(frame)));
                         }
-                        return Poll::Ready(Some(Ok(frame)));
+                        if !rec.is_complete(body.is_end_stream()) {
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                        state.complete(Some(frame));
                     }
                     Some(Err(err)) => {
-                        if let Some(rec) = recorder.take() {
-                            rec.give_up();
-                        }
+                        state.give_up();
                         return Poll::Ready(Some(Err(err)));
                     }
-                    None => match recorder.take() {
-                        Some(rec) => *finishing = Some(rec.finish()),
-                        None => return Poll::Ready(None),
-                    },
+                    None => state.complete(None),
                 }
             },
         }
@@ -156,12 +190,13 @@ where
         match &self.kind {
             Kind::Stored { data } => data.is_none(),
             Kind::Inner { body } => body.is_end_stream(),
-            // Must be polled to the end, so the recording is stored.
-            Kind::Tee {
-                body,
-                recorder,
-                finishing,
-            } => recorder.is_none() && finishing.is_none() && body.is_end_stream(),
+            // While recording, the body is only at its end once the entry is written.
+            Kind::Tee { body, state } => {
+                state.recorder.is_none()
+                    && state.finishing.is_none()
+                    && state.last.is_none()
+                    && body.is_end_stream()
+            }
         }
     }
 
@@ -170,7 +205,21 @@ where
             Kind::Stored { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Kind::Inner { body } | Kind::Tee { body, .. } => body.size_hint(),
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Tee { body, state } => {
+                let inner = body.size_hint();
+                let held = state
+                    .last
+                    .as_ref()
+                    .and_then(Frame::data_ref)
+                    .map_or(0, |d| d.len() as u64);
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower().saturating_add(held));
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper.saturating_add(held));
+                }
+                hint
+            }
         }
     }
 }
@@ -233,18 +282,42 @@ impl Finishing {
     }
 }
 
+impl Finishing {
+    /// Waits for the write, then shares the response.
+    pub(crate) async fn run(mut self) {
+        let stored = match self.put.take() {
+            Some(put) => Some(put.await.is_ok()),
+            None => None,
+        };
+        self.done(stored);
+    }
+
+    /// Finishes the write in the background (its body was dropped). Without a Tokio
+    /// runtime to run it on, the response is shared with the waiters, unstored.
+    fn detach(self) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if self.put.is_some() => drop(handle.spawn(self.run())),
+            _ => self.done(None),
+        }
+    }
+}
+
 /// Records a streaming body up to `max` bytes.
 pub(crate) struct Recorder {
     buf: BytesMut,
     max: usize,
+    /// The exact length of the body, when known in advance.
+    expected: Option<u64>,
     status: StatusCode,
     headers: HeaderMap,
     ticket: StoreTicket,
 }
 
 impl Recorder {
+    /// A recorder for a body of `expected` bytes (when known) and at most `max`.
     pub(crate) fn new(
         max: usize,
+        expected: Option<u64>,
         status: StatusCode,
         headers: HeaderMap,
         ticket: StoreTicket,
@@ -252,17 +325,39 @@ impl Recorder {
         Self {
             buf: BytesMut::new(),
             max,
+            expected,
             status,
             headers,
             ticket,
         }
     }
 
+    /// Records a data frame; false when it cannot be stored: trailers, or data over
+    /// the limit or past the announced length.
+    fn record(&mut self, frame: &Frame<Bytes>) -> bool {
+        let Some(data) = frame.data_ref() else {
+            return false;
+        };
+        let len = self.buf.len() + data.len();
+        if len > self.max || self.expected.is_some_and(|expected| len as u64 > expected) {
+            return false;
+        }
+        self.buf.extend_from_slice(data);
+        true
+    }
+
+    /// Whether the body is complete: it has its announced length, or the upstream body
+    /// reports its end (`end`).
+    pub(crate) fn is_complete(&self, end: bool) -> bool {
+        end || self.expected == Some(self.buf.len() as u64)
+    }
+
     fn give_up(self) {
         self.ticket.give_up();
     }
 
-    fn finish(self) -> Finishing {
+    /// Starts the write of the recording.
+    pub(crate) fn finish(self) -> Finishing {
         let body = self.buf.freeze();
         let headers = storable_headers(&self.headers, body.len());
         self.ticket

@@ -177,13 +177,28 @@ where
         CacheBody::inner(body)
     } else {
         ticket.ttl = ttl;
+        // The exact length, from the body or a `Content-Length` it does not contradict:
+        // the recording completes when it is reached, since a server stops polling a
+        // body once it has written its `Content-Length`.
+        let expected = hint.exact().or_else(|| {
+            content_length(&parts.headers).filter(|len| {
+                hint.lower() <= *len && hint.upper().is_none_or(|upper| *len <= upper)
+            })
+        });
         let recorder = Recorder::new(
             config.storage.max_body_bytes,
+            expected,
             parts.status,
             parts.headers.clone(),
             ticket,
         );
-        CacheBody::tee(body, recorder)
+        if recorder.is_complete(body.is_end_stream()) {
+            // Empty: a server may never poll it at all.
+            recorder.finish().run().await;
+            CacheBody::inner(body)
+        } else {
+            CacheBody::tee(body, recorder)
+        }
     };
     Ok(tag(
         Response::from_parts(parts, body),
