@@ -85,8 +85,8 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `tracing` | no | [`TracingObserver`](observer::TracingObserver): transitions and outcomes as `tracing` events |
-//! | `metrics` | no | [`MetricsObserver`](observer::MetricsObserver): counters and a state gauge with the `metrics` facade |
+//! | `tracing` | no | `observer::TracingObserver`: transitions and outcomes as `tracing` events |
+//! | `metrics` | no | `observer::MetricsObserver`: counters and a state gauge with the `metrics` facade |
 //! | `full` | no | both |
 //!
 //! [tower]: https://docs.rs/tower

@@ -17,6 +17,14 @@
 //! - The **engine** ([`JobEngine`]) claims runs, heartbeats their leases, sweeps
 //!   expired leases (a dead worker's run is retried by another), fires schedules once
 //!   across instances and hands running attempts back on shutdown.
+//! - The **HTTP API** ([`api`]: [`api::EtlApi`], an axum router) serves jobs, runs,
+//!   logs and a server-sent event stream behind pulse-core's internal authentication;
+//!   every error is the shared JSON shape.
+//! - The **client** ([`client::EtlClient`]) calls that API with the internal credential
+//!   and the correlation id, and follows the event stream across reconnects.
+//! - The **seed jobs** ([`jobs`]): `jira_sync` and `github_sync` extract from the Jira
+//!   and GitHub REST APIs (paginated, rate-limit aware), and load idempotently into the
+//!   store's database with progress and a checkpoint cursor.
 //!
 //! The crate's README lists each guarantee with the test that checks it — among them
 //! worker processes killed (SIGKILL), frozen (SIGSTOP) and resumed, on both stores.
@@ -81,7 +89,8 @@
 //!
 //! | feature | default | what it adds |
 //! |---------|---------|--------------|
-//! | (none)  | yes     | the engine, [`SqliteStore`] and [`PgStore`] |
+//! | (none)  | yes     | the engine, [`SqliteStore`] and [`PgStore`], the [`api`], the [`client`] and the seed [`jobs`] |
+//! | `tls`   | no      | `https://` sources for the seed jobs (rustls; roots from `SSL_CERT_FILE` or the system's PEM bundle) |
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 

@@ -48,6 +48,11 @@
 //! A **transport** is any `tower::Service<http::Request<B>>`; see [`transport`] for the
 //! pooled HTTP client, the Unix-socket client and the in-process one.
 //!
+//! The **response cache** ([`cache::CacheLayer`]) serves repeated GETs from memory
+//! (moka) or Redis: keyed per user by default, with a TTL, size bounds, request
+//! coalescing (many concurrent misses, one upstream call), invalidation by mutating
+//! requests under a scope, and `Cache-Control` honoured; errors are never stored.
+//!
 //! # Example
 //!
 //! The upstream here is an axum router in the same process; the client tries to spoof
@@ -104,6 +109,7 @@
 //! | `breaker` | yes | pulse-breaker's `BreakerOpen` (from a breaker around the transport) becomes [`ProxyError::CircuitOpen`]: 503 + `Retry-After` |
 //! | `balance` | yes | [`balance`]: p2c load balancing with a breaker per upstream (implies `breaker`) |
 //! | `axum` | no | the client address from axum's `ConnectInfo<SocketAddr>` |
+//! | `redis` | no | `cache::RedisStore`: a response cache shared by several gateways |
 //! | `full` | no | all of the above |
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]

@@ -11,8 +11,13 @@ use super::VerificationKey;
 
 /// Where a verifier finds the key for a token.
 ///
-/// [`KeySet`] holds configured keys; with the `jwks` feature,
-/// [`JwksSource`](super::JwksSource) holds keys fetched from a URL.
+/// [`KeySet`] holds configured keys; with the `jwks` feature, `JwksSource` holds keys
+/// fetched from a URL.
+#[cfg_attr(
+    feature = "jwks",
+    doc = "",
+    doc = "See [`JwksSource`](super::JwksSource)."
+)]
 pub trait KeySource: Send + Sync + 'static {
     /// The key for this `kid`. A token without `kid` gets the only key when exactly
     /// one is configured, and none otherwise.
