@@ -24,7 +24,9 @@ use crate::{
 
 /// What the response future needs once the upstream answers.
 pub(crate) struct CallContext {
-    pub(crate) request_id: RequestId,
+    /// The id, unless it is `request_id_value` itself (an id read from a header),
+    /// which is then parsed only if an error answer needs it.
+    pub(crate) request_id: Option<RequestId>,
     pub(crate) request_id_value: HeaderValue,
     pub(crate) tripped: Option<LimitTripped>,
     pub(crate) deadline: Option<Instant>,
@@ -46,8 +48,11 @@ pin_project! {
         Waiting {
             #[pin]
             future: F,
+            // Created at the first `Pending` only: an upstream that answers at once
+            // never pays for a timer.
             #[pin]
             timer: Option<Sleep>,
+            timer_at: Option<Instant>,
             timer_phase: TimeoutPhase,
             ctx: CallContext,
         },
@@ -81,7 +86,8 @@ impl<F, B> ResponseFuture<F, B> {
         Self {
             state: State::Waiting {
                 future,
-                timer: at.map(sleep_until),
+                timer: None,
+                timer_at: at,
                 timer_phase,
                 ctx,
             },
@@ -106,19 +112,23 @@ where
             },
             StateProj::Waiting {
                 future,
-                timer,
+                mut timer,
+                timer_at,
                 timer_phase,
                 ctx,
             } => {
                 if let Poll::Ready(result) = future.poll(cx) {
                     return Poll::Ready(Ok(finish(ctx, result)));
                 }
+                if let Some(at) = timer_at.take() {
+                    timer.set(Some(sleep_until(at)));
+                }
                 if let Some(timer) = timer.as_pin_mut() {
                     ready!(timer.poll(cx));
                     let phase = *timer_phase;
                     return Poll::Ready(Ok(error_response(
                         ProxyError::Timeout { phase },
-                        &ctx.request_id,
+                        &ctx.request_id(),
                     )));
                 }
                 Poll::Pending
@@ -145,7 +155,7 @@ where
             ProxyError::BodyTooLarge {
                 limit: ctx.tripped_limit(),
             },
-            &ctx.request_id,
+            &ctx.request_id(),
         );
     }
     let res = match result {
@@ -154,7 +164,7 @@ where
             let e: BoxError = e.into();
             let err = ProxyError::classify(&*e);
             tracing::debug!(error = %e, kind = %err, "upstream call failed");
-            return error_response(err, &ctx.request_id);
+            return error_response(err, &ctx.request_id());
         }
     };
     let (mut parts, body) = res.into_parts();
@@ -168,10 +178,10 @@ where
                 parts.headers.get(header::UPGRADE).cloned()
             }
             (Some(_), None) => {
-                return error_response(ProxyError::UpgradeFailed, &ctx.request_id);
+                return error_response(ProxyError::UpgradeFailed, &ctx.request_id());
             }
             // 101 to a request that did not ask for it (or asked while upgrades are off).
-            (None, _) => return error_response(ProxyError::Protocol, &ctx.request_id),
+            (None, _) => return error_response(ProxyError::Protocol, &ctx.request_id()),
         }
     } else {
         None
@@ -192,7 +202,20 @@ where
 }
 
 impl CallContext {
+    /// The request's id.
+    pub(crate) fn request_id(&self) -> RequestId {
+        request_id_or_value(self.request_id.as_ref(), &self.request_id_value)
+    }
+
     fn tripped_limit(&self) -> u64 {
         self.tripped.as_ref().map_or(0, LimitTripped::limit)
     }
+}
+
+/// `id`, or else the (already validated) id in `value`.
+pub(crate) fn request_id_or_value(id: Option<&RequestId>, value: &HeaderValue) -> RequestId {
+    id.cloned()
+        .or_else(|| RequestId::from_header_value(value))
+        // Unreachable: `value` was validated as an id when it was read.
+        .unwrap_or_else(RequestId::generate)
 }

@@ -149,13 +149,13 @@ impl ForwardedPolicy {
                 push_list(&mut fwd, &element);
             }
         }
-        if let Ok(v) = HeaderValue::try_from(xff)
-            && !v.is_empty()
+        if !xff.is_empty()
+            && let Ok(v) = HeaderValue::try_from(xff)
         {
             headers.insert(X_FORWARDED_FOR, v);
         }
-        if let Ok(v) = HeaderValue::try_from(fwd)
-            && !v.is_empty()
+        if !fwd.is_empty()
+            && let Ok(v) = HeaderValue::try_from(fwd)
         {
             headers.insert(header::FORWARDED, v);
         }

@@ -7,9 +7,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri, Version, header, request::Parts};
+use http::{HeaderValue, Request, Response, Uri, Version, header, request::Parts, uri};
 use http_body::Body;
-use pulse_core::{Identity, RequestId, ResponseBody};
+use pulse_core::{
+    Identity, RequestId, ResponseBody,
+    request_id::{X_CORRELATION_ID, X_REQUEST_ID},
+};
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -19,7 +22,7 @@ use crate::{
     config::ProxyConfig,
     error::{BoxError, ProxyError},
     framing::check_framing,
-    future::{CallContext, ResponseFuture},
+    future::{CallContext, ResponseFuture, request_id_or_value},
     headers::{self, HostPolicy},
     path,
 };
@@ -139,12 +142,11 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
-        let request_id = RequestId::from_parts(&parts.extensions, &parts.headers)
-            .unwrap_or_else(RequestId::generate);
+        let (request_id, request_id_value) = request_id(&parts);
         if let Some(err) = self.ready_error.take() {
+            let request_id = request_id_or_value(request_id.as_ref(), &request_id_value);
             return ResponseFuture::answered(err, &request_id);
         }
-        let request_id_value = request_id.to_header_value();
         match prepare(&self.config, &mut parts, body, &request_id_value) {
             Ok((outbound, tripped, client_upgrade)) => {
                 let started = Instant::now();
@@ -161,9 +163,39 @@ where
                     ctx,
                 )
             }
-            Err(err) => ResponseFuture::answered(err, &request_id),
+            Err(err) => {
+                let request_id = request_id_or_value(request_id.as_ref(), &request_id_value);
+                ResponseFuture::answered(err, &request_id)
+            }
         }
     }
+}
+
+/// The request's id (as [`RequestId::from_parts`] finds it, else a fresh one) and
+/// its header value. An id read from a header reuses that header's value instead of
+/// copying the text into a new one, and is returned as `None`: the value is the id,
+/// parsed again only for an error answer.
+fn request_id(parts: &Parts) -> (Option<RequestId>, HeaderValue) {
+    if let Some(id) = parts.extensions.get::<RequestId>() {
+        return (Some(id.clone()), id.to_header_value());
+    }
+    // The same lookup as `RequestId::from_headers`: the first of the two names with
+    // exactly one value, and that value valid.
+    for name in [X_REQUEST_ID, X_CORRELATION_ID] {
+        let mut values = parts.headers.get_all(&name).iter();
+        if let (Some(value), None) = (values.next(), values.next())
+            && RequestId::is_valid(value.as_bytes())
+        {
+            let mut value = value.clone();
+            // What `RequestId::to_header_value` would build: the same bytes, not
+            // marked sensitive.
+            value.set_sensitive(false);
+            return (None, value);
+        }
+    }
+    let id = RequestId::generate();
+    let value = id.to_header_value();
+    (Some(id), value)
 }
 
 type Prepared<B> = (
@@ -212,8 +244,11 @@ fn prepare<B: Body>(
         .forwarded
         .apply(&mut out_headers, peer, original_host.as_ref());
     // 4b. Injections, all with insert.
-    let identity = parts.extensions.remove::<Identity>();
-    headers::inject_identity(&mut out_headers, identity.as_ref(), request_id);
+    headers::inject_identity(
+        &mut out_headers,
+        parts.extensions.get::<Identity>(),
+        request_id,
+    );
     match &config.host {
         HostPolicy::Upstream => {
             out_headers.insert(header::HOST, config.upstream_host.clone());
@@ -250,14 +285,13 @@ fn prepare<B: Body>(
         (body, Some(tripped))
     };
 
-    let uri = Uri::builder()
-        .scheme(config.scheme.clone())
-        .authority(config.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| ProxyError::UnsafePath {
-            reason: "invalid outbound URI",
-        })?;
+    let mut uri_parts = uri::Parts::default();
+    uri_parts.scheme = Some(config.scheme.clone());
+    uri_parts.authority = Some(config.authority.clone());
+    uri_parts.path_and_query = Some(path_and_query);
+    let uri = Uri::from_parts(uri_parts).map_err(|_| ProxyError::UnsafePath {
+        reason: "invalid outbound URI",
+    })?;
     let mut outbound = Request::new(body);
     *outbound.method_mut() = parts.method.clone();
     *outbound.uri_mut() = uri;
@@ -266,7 +300,11 @@ fn prepare<B: Body>(
     // Only the verified identity travels as an extension, for client layers such as
     // pulse-core's `InternalCredentialLayer` that mint a token per identity. Network
     // transports cannot carry it; `InProcessTransport` drops it.
-    if let Some(identity) = identity {
+    if parts.extensions.len() == 1 && parts.extensions.get::<Identity>().is_some() {
+        // The identity is the only extension left: move the whole map instead of
+        // allocating a new one for it.
+        *outbound.extensions_mut() = std::mem::take(&mut parts.extensions);
+    } else if let Some(identity) = parts.extensions.remove::<Identity>() {
         outbound.extensions_mut().insert(identity);
     }
     Ok((outbound, tripped, client_upgrade))
