@@ -1,0 +1,20 @@
+//! End-to-end tests of the full stack (examples/full_stack) over real loopback sockets:
+//! each test starts the frontend, the gateway and the ETL service on ephemeral ports
+//! with a temporary data folder, exactly as `cargo run --example full_stack` does.
+//! One test binary, one module per concern, one shared harness.
+//!
+//! Every wait is a poll with a deadline; nothing sleeps to assert.
+
+#[allow(dead_code, unreachable_pub, unused_imports)]
+#[path = "../../examples/full_stack/stack/mod.rs"]
+mod stack;
+
+mod harness;
+
+mod auth;
+mod deployment;
+mod frontend;
+mod jobs;
+mod outage;
+mod postgres;
+mod tls;
