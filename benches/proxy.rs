@@ -138,7 +138,14 @@ fn proxy_logic(c: &mut Criterion) {
                     let mut req = request("/api/etl/jobs?limit=5", Bytes::new());
                     req.headers_mut()
                         .insert("x-request-id", http::HeaderValue::from_static("req-1"));
-                    black_box(svc.call(req).await.expect("infallible"));
+                    black_box(
+                        svc.ready()
+                            .await
+                            .expect("infallible")
+                            .call(req)
+                            .await
+                            .expect("infallible"),
+                    );
                 }
             })
         });
@@ -152,7 +159,14 @@ fn proxy_logic(c: &mut Criterion) {
                     let mut req = request("/api/etl/jobs?limit=5", Bytes::new());
                     req.headers_mut()
                         .insert("x-request-id", http::HeaderValue::from_static("req-1"));
-                    black_box(svc.call(req).await.expect("infallible"));
+                    black_box(
+                        svc.ready()
+                            .await
+                            .expect("infallible")
+                            .call(req)
+                            .await
+                            .expect("infallible"),
+                    );
                 }
             })
         });
@@ -164,7 +178,14 @@ fn proxy_logic(c: &mut Criterion) {
                 let mut svc = proxy.clone();
                 async move {
                     let req = request("/api/etl/jobs?limit=5", Bytes::new());
-                    black_box(svc.call(req).await.expect("infallible"));
+                    black_box(
+                        svc.ready()
+                            .await
+                            .expect("infallible")
+                            .call(req)
+                            .await
+                            .expect("infallible"),
+                    );
                 }
             })
         });

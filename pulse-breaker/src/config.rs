@@ -39,6 +39,7 @@ pub struct BreakerConfig {
     pub(crate) half_open_probes: u32,
     pub(crate) probe_timeout: Duration,
     pub(crate) backoff: Backoff,
+    pub(crate) forced_open_retry_after: Duration,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) observer: Option<Arc<dyn Observer>>,
     pub(crate) jitter_seed: u64,
@@ -56,6 +57,7 @@ impl Default for BreakerConfig {
             half_open_probes: 1,
             probe_timeout: Duration::from_secs(10),
             backoff: Backoff::default(),
+            forced_open_retry_after: Self::DEFAULT_FORCED_OPEN_RETRY_AFTER,
             clock: Arc::new(TokioClock),
             observer: None,
             jitter_seed: 0x5eed_0fb7_ea4e_7500,
@@ -75,6 +77,7 @@ impl fmt::Debug for BreakerConfig {
             .field("half_open_probes", &self.half_open_probes)
             .field("probe_timeout", &self.probe_timeout)
             .field("backoff", &self.backoff)
+            .field("forced_open_retry_after", &self.forced_open_retry_after)
             .field("observer", &self.observer.is_some())
             .finish_non_exhaustive()
     }
@@ -83,6 +86,9 @@ impl fmt::Debug for BreakerConfig {
 impl BreakerConfig {
     /// The largest number of half-open probes.
     pub const MAX_PROBES: u32 = 1024;
+
+    /// The default retry hint of a forced-open circuit: 30 s.
+    pub const DEFAULT_FORCED_OPEN_RETRY_AFTER: Duration = Duration::from_secs(30);
 
     /// Trip when at least this fraction (in `(0, 1]`) of the window's calls failed
     /// (default 0.5).
@@ -141,6 +147,31 @@ impl BreakerConfig {
     /// How long the circuit stays open (default: exponential 5 s → 60 s, 20 % jitter).
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// The retry hint a [forced-open](crate::Breaker::force_open) circuit gives
+    /// ([`BreakerOpen::retry_after`](crate::BreakerOpen::retry_after),
+    /// [`Breaker::retry_after`](crate::Breaker::retry_after), and so the HTTP
+    /// `Retry-After`). A forced open has no end the breaker knows of, so this is the
+    /// interval at which clients should come back (default 30 s; zero is answered as
+    /// 1 s in `Retry-After`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pulse_breaker::{Breaker, BreakerConfig};
+    ///
+    /// let breaker = Breaker::new(
+    ///     BreakerConfig::default().with_forced_open_retry_after(Duration::from_secs(120)),
+    /// )
+    /// .expect("a valid configuration");
+    /// breaker.force_open();
+    /// let open = breaker.try_acquire().expect_err("forced open");
+    /// assert_eq!(open.retry_after(), Some(Duration::from_secs(120)));
+    /// assert_eq!(breaker.retry_after(), Some(Duration::from_secs(120)));
+    /// ```
+    pub fn with_forced_open_retry_after(mut self, hint: Duration) -> Self {
+        self.forced_open_retry_after = hint;
         self
     }
 

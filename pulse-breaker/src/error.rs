@@ -40,8 +40,11 @@ impl BreakerOpen {
         self.state
     }
 
-    /// When trying again makes sense: the rest of the open period (open), or the time
-    /// left until the running probes time out (half-open); `None` when forced open.
+    /// When trying again makes sense: the rest of the open period (open), the time
+    /// left until the running probes time out (half-open), or the configured hint
+    /// ([`BreakerConfig::with_forced_open_retry_after`](crate::BreakerConfig::with_forced_open_retry_after),
+    /// default 30 s) when forced open. Every rejection by a [`Breaker`](crate::Breaker)
+    /// carries one.
     #[must_use]
     pub const fn retry_after(&self) -> Option<Duration> {
         self.retry_after
@@ -212,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    fn null_request_id_and_no_retry_after_when_forced() {
+    fn null_request_id_and_no_retry_after_without_a_hint() {
         let open = BreakerOpen::new(State::ForcedOpen, None);
         let response: Response<String> = open.to_http_response(None);
         assert!(response.headers().get(RETRY_AFTER).is_none());

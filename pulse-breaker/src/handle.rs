@@ -110,6 +110,38 @@ impl Breaker {
         self.core.snapshot()
     }
 
+    /// How long until trying again makes sense, now: the rest of the open period
+    /// (`Open`; zero once it is over and the next call will probe), the time left
+    /// until the running probes time out (`HalfOpen`), or the configured hint when
+    /// forced open ([`BreakerConfig::with_forced_open_retry_after`], default 30 s);
+    /// `None` while the circuit admits every call (closed, disabled, metrics-only).
+    ///
+    /// The same value as [`Snapshot::retry_after`], without computing the rest of a
+    /// snapshot: cheap enough for an error answer's `Retry-After` header.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pulse_breaker::{Backoff, Breaker, BreakerConfig, Outcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let breaker = Breaker::new(
+    ///     BreakerConfig::default()
+    ///         .with_consecutive_failures(Some(1))
+    ///         .with_backoff(Backoff::constant(Duration::from_secs(10))),
+    /// )
+    /// .expect("a valid configuration");
+    /// assert_eq!(breaker.retry_after(), None);
+    /// breaker.try_acquire().expect("closed").record(Outcome::Failure);
+    /// tokio::time::advance(Duration::from_secs(4)).await;
+    /// assert_eq!(breaker.retry_after(), Some(Duration::from_secs(6)));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.core.retry_after()
+    }
+
     /// Admits one call, to be reported with [`CallPermit::record`]; dropping the permit
     /// unreported counts as a cancellation (ignored, and a half-open probe slot is
     /// released).
@@ -126,7 +158,8 @@ impl Breaker {
         })
     }
 
-    /// Opens the circuit until [`reset`](Self::reset): every call is rejected.
+    /// Opens the circuit until [`reset`](Self::reset): every call is rejected, with
+    /// the retry hint of [`BreakerConfig::with_forced_open_retry_after`].
     pub fn force_open(&self) {
         self.core.force(State::ForcedOpen);
     }

@@ -14,10 +14,12 @@
 //!   (released on drop); a hung probe times out; results from an earlier state cycle are
 //!   discarded (generation counter).
 //! - **Open** rejects in `call` with [`BreakerOpen`] and its `retry_after`, from a
-//!   [`Backoff`] policy; `poll_ready` stays ready (tower's load-shed discipline).
-//!   [`CircuitBreakerLayer::http`] answers `503` + `Retry-After` + the JSON error body.
+//!   [`Backoff`] policy (forced open: a configurable hint); `poll_ready` only forwards
+//!   the inner service's readiness, the breaker itself never makes a caller wait
+//!   (tower's load-shed discipline). [`CircuitBreakerLayer::http`] answers `503` +
+//!   `Retry-After` + the JSON error body.
 //! - **Control**: a cloneable [`Breaker`] handle ([`snapshot`](Breaker::snapshot),
-//!   [`force_open`](Breaker::force_open), [`disable`](Breaker::disable),
+//!   [`retry_after`](Breaker::retry_after), [`force_open`](Breaker::force_open), [`disable`](Breaker::disable),
 //!   [`metrics_only`](Breaker::metrics_only), [`reset`](Breaker::reset)); an
 //!   [`Observer`] for transitions and outcomes; [`KeyedBreakers`] for one breaker per
 //!   upstream host with a bounded number of keys.

@@ -173,8 +173,10 @@ pub struct Snapshot {
     pub counts: WindowCounts,
     /// Failures in a row among the latest recorded calls.
     pub consecutive_failures: u32,
-    /// Time left in the open period (`Open`), or until the probe timeout
-    /// (`HalfOpen`); `None` otherwise.
+    /// Time left in the open period (`Open`), until the probe timeout (`HalfOpen`),
+    /// or the configured hint when forced open
+    /// ([`BreakerConfig::with_forced_open_retry_after`]); `None` when the circuit
+    /// admits every call. The same value as [`Breaker::retry_after`](crate::Breaker::retry_after).
     pub retry_after: Option<Duration>,
     /// Half-open probes admitted and not yet released in this half-open period.
     pub probes_in_flight: u32,
@@ -205,6 +207,7 @@ pub(crate) struct Core {
     consecutive_failures: u32,
     half_open_probes: u32,
     probe_timeout_ms: u64,
+    forced_open_retry_after: Duration,
     backoff: Backoff,
     clock: Arc<dyn Clock>,
     observer: Option<Arc<dyn Observer>>,
@@ -229,6 +232,7 @@ impl Core {
             consecutive_failures: config.consecutive_failures.unwrap_or(u32::MAX),
             half_open_probes: config.half_open_probes,
             probe_timeout_ms: millis(config.probe_timeout),
+            forced_open_retry_after: config.forced_open_retry_after,
             backoff: config.backoff,
             clock: config.clock.clone(),
             observer: config.observer.clone(),
@@ -295,7 +299,9 @@ impl Core {
                         start_ns: NO_START,
                     });
                 }
-                FORCED_OPEN => return Err(self.reject(State::ForcedOpen, None)),
+                FORCED_OPEN => {
+                    return Err(self.reject(State::ForcedOpen, Some(self.forced_open_retry_after)));
+                }
                 OPEN => {
                     let now = self.now_ms();
                     let until = time_of(word);
@@ -601,20 +607,35 @@ impl Core {
         unit_interval(splitmix64(seed))
     }
 
+    /// See [`Breaker::retry_after`](crate::Breaker::retry_after).
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        let word = self.state.load(Ordering::Acquire);
+        match kind_of(word) {
+            OPEN | HALF_OPEN => self.retry_after_at(word, self.now_ms()),
+            // No clock read for the states that do not need one.
+            _ => self.retry_after_at(word, 0),
+        }
+    }
+
+    fn retry_after_at(&self, word: u64, now: u64) -> Option<Duration> {
+        match kind_of(word) {
+            OPEN => Some(Duration::from_millis(time_of(word).saturating_sub(now))),
+            HALF_OPEN => Some(Duration::from_millis(
+                time_of(word)
+                    .saturating_add(self.probe_timeout_ms)
+                    .saturating_sub(now),
+            )),
+            FORCED_OPEN => Some(self.forced_open_retry_after),
+            _ => None,
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> Snapshot {
         let word = self.state.load(Ordering::Acquire);
         let now = self.now_ms();
         let state = State::from_code(kind_of(word));
         let generation = gen_of(word);
-        let retry_after = match state {
-            State::Open => Some(Duration::from_millis(time_of(word).saturating_sub(now))),
-            State::HalfOpen => Some(Duration::from_millis(
-                time_of(word)
-                    .saturating_add(self.probe_timeout_ms)
-                    .saturating_sub(now),
-            )),
-            _ => None,
-        };
+        let retry_after = self.retry_after_at(word, now);
         let probes_in_flight = if state == State::HalfOpen {
             let (admitted, successes) =
                 unpack_probes(self.probes.load(Ordering::Acquire), generation);

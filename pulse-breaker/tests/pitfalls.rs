@@ -364,7 +364,10 @@ fn manual_states() {
     b.force_open();
     let open = b.try_acquire().unwrap_err();
     assert_eq!(open.state(), State::ForcedOpen);
-    assert_eq!(open.retry_after(), None);
+    // A forced open has no end the breaker knows of: the default hint, so an HTTP
+    // answer still carries a real `Retry-After`.
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(30)));
+    assert_eq!(b.snapshot().retry_after, Some(Duration::from_secs(30)));
 
     b.reset();
     let snap = b.snapshot();
@@ -497,4 +500,44 @@ async fn static_breakers_trip_and_heal_like_counted_ones() {
     tokio::time::advance(Duration::from_secs(1)).await;
     svc.ready().await.unwrap().call(false).await.unwrap();
     assert_eq!(fast.state(), State::Closed);
+}
+
+/// Every rejection carries a retry hint, forced open included, and the handle reports
+/// the remaining open time (what a gateway puts in `Retry-After`) as it runs down.
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_the_real_remaining_time_and_forced_open_has_one() {
+    let b = breaker(
+        BreakerConfig::default()
+            .with_consecutive_failures(Some(1))
+            .with_probe_timeout(Duration::from_secs(4))
+            .with_backoff(constant(10))
+            .with_forced_open_retry_after(Duration::from_secs(90)),
+    );
+    assert_eq!(b.retry_after(), None, "closed: nothing to wait for");
+    record(&b, Outcome::Failure);
+    assert_eq!(b.retry_after(), Some(Duration::from_secs(10)));
+    tokio::time::advance(Duration::from_millis(6_500)).await;
+    assert_eq!(b.retry_after(), Some(Duration::from_millis(3_500)));
+    assert_eq!(b.snapshot().retry_after, b.retry_after());
+    let open = b.try_acquire().unwrap_err();
+    assert_eq!(open.retry_after(), Some(Duration::from_millis(3_500)));
+    assert_eq!(open.retry_after_secs(), Some(4));
+
+    // Half-open with its probe taken: the time until the probe times out.
+    tokio::time::advance(Duration::from_millis(3_500)).await;
+    assert_eq!(b.retry_after(), Some(Duration::ZERO), "due to probe");
+    let _probe = b.try_acquire().unwrap();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(b.retry_after(), Some(Duration::from_secs(3)));
+
+    b.force_open();
+    assert_eq!(b.retry_after(), Some(Duration::from_secs(90)));
+    let forced = b.try_acquire().unwrap_err();
+    assert_eq!(forced.state(), State::ForcedOpen);
+    assert_eq!(forced.retry_after(), Some(Duration::from_secs(90)));
+    let response: http::Response<String> = forced.to_http_response(None);
+    assert_eq!(response.headers()[http::header::RETRY_AFTER], "90");
+
+    b.disable();
+    assert_eq!(b.retry_after(), None);
 }

@@ -36,6 +36,9 @@ pub struct ErrorCode(&'static str);
 impl ErrorCode {
     /// The request was malformed (400).
     pub const BAD_REQUEST: Self = Self("bad_request");
+    /// The client's request body broke off or was malformed while it was read (400):
+    /// the client's fault, never the upstream's.
+    pub const INVALID_BODY: Self = Self("invalid_body");
     /// No credential, or one that could not be verified (401).
     pub const UNAUTHORIZED: Self = Self("unauthorized");
     /// A bearer token that failed verification (401).
@@ -64,6 +67,8 @@ impl ErrorCode {
     pub const SERVICE_UNAVAILABLE: Self = Self("service_unavailable");
     /// The circuit breaker in front of the upstream is open (503).
     pub const CIRCUIT_OPEN: Self = Self("circuit_open");
+    /// The service sheds load: it cannot take this request now (503, `Retry-After`).
+    pub const OVERLOADED: Self = Self("overloaded");
     /// The upstream did not answer in time (504).
     pub const GATEWAY_TIMEOUT: Self = Self("gateway_timeout");
 

@@ -1,8 +1,9 @@
 //! Step 9: load balancing over several upstreams, each behind its own circuit breaker.
 //!
 //! [`balance`] builds tower's power-of-two-choices balancer over a list of transports.
-//! Each one is wrapped in a pulse-breaker [`CircuitBreaker`] (HTTP classification: 5xx
-//! and transport errors fail, 4xx do not) and counts its requests in flight. Of the
+//! Each one is wrapped in a pulse-breaker [`CircuitBreaker`] classified by
+//! [`UpstreamClassifier`] (500/502/503/504 and upstream faults fail; 4xx, the client's
+//! body faults and the proxy's own shedding do not) and counts its requests in flight. Of the
 //! two random candidates p2c compares, an upstream whose circuit is open always loses
 //! to one whose circuit admits calls, so traffic moves off a failing instance at once;
 //! with two upstreams that comparison is always between both. A request can still
@@ -39,7 +40,7 @@
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use pulse_breaker::{Breaker, CircuitBreaker, HttpClassifier};
+use pulse_breaker::{Breaker, CircuitBreaker, State};
 use tower::{
     balance::p2c::Balance,
     buffer::Buffer,
@@ -48,21 +49,21 @@ use tower::{
 };
 use tower_service::Service;
 
-use crate::body::ProxyRequestBody;
+use crate::{body::ProxyRequestBody, classifier::UpstreamClassifier};
 
 /// One upstream instance as the balancer sees it: the transport behind its breaker,
 /// with a load of "is the circuit open, then requests in flight".
 #[derive(Debug)]
 pub struct Endpoint<T> {
-    inner: PendingRequests<CircuitBreaker<T, HttpClassifier>>,
+    inner: PendingRequests<CircuitBreaker<T, UpstreamClassifier>>,
     breaker: Breaker,
 }
 
 impl<T> Endpoint<T> {
     /// Guard `transport` with `breaker`.
     pub fn new(transport: T, breaker: Breaker) -> Self {
-        let guarded =
-            CircuitBreaker::new(transport, breaker.clone()).with_classifier(HttpClassifier::new());
+        let guarded = CircuitBreaker::new(transport, breaker.clone())
+            .with_classifier(UpstreamClassifier::new());
         Self {
             inner: PendingRequests::new(guarded, CompleteOnResponse::default()),
             breaker,
@@ -80,11 +81,13 @@ impl<T> Load for Endpoint<T> {
     type Metric = (bool, Count);
 
     fn load(&self) -> Self::Metric {
-        let snapshot = self.breaker.snapshot();
-        // Open with nothing left of the open period lets the next call probe: not
-        // penalised, or a healthy peer would starve it of its probe forever.
-        let rejecting =
-            !snapshot.state.admits() && snapshot.retry_after.is_none_or(|d| !d.is_zero());
+        let rejecting = match self.breaker.state() {
+            // Open with nothing left of the open period lets the next call probe: not
+            // penalised, or a healthy peer would starve it of its probe forever.
+            State::Open => self.breaker.retry_after().is_none_or(|d| !d.is_zero()),
+            // Forced open rejects whatever its retry hint says.
+            state => !state.admits(),
+        };
         (rejecting, self.inner.load())
     }
 }
@@ -92,13 +95,13 @@ impl<T> Load for Endpoint<T> {
 impl<T, B, RB> Service<Request<ProxyRequestBody<B>>> for Endpoint<T>
 where
     T: Service<Request<ProxyRequestBody<B>>, Response = Response<RB>>,
-    CircuitBreaker<T, HttpClassifier>:
+    CircuitBreaker<T, UpstreamClassifier>:
         Service<Request<ProxyRequestBody<B>>, Response = Response<RB>>,
 {
     type Response = Response<RB>;
     type Error =
-        <CircuitBreaker<T, HttpClassifier> as Service<Request<ProxyRequestBody<B>>>>::Error;
-    type Future = <PendingRequests<CircuitBreaker<T, HttpClassifier>> as Service<
+        <CircuitBreaker<T, UpstreamClassifier> as Service<Request<ProxyRequestBody<B>>>>::Error;
+    type Future = <PendingRequests<CircuitBreaker<T, UpstreamClassifier>> as Service<
         Request<ProxyRequestBody<B>>,
     >>::Future;
 

@@ -7,7 +7,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
     task::{Context, Poll, ready},
 };
@@ -44,27 +44,100 @@ impl fmt::Display for BodyLimitExceeded {
 
 impl StdError for BodyLimitExceeded {}
 
-/// Set when a streamed request body crossed the limit, so the proxy answers 413 even
-/// when the transport reports the aborted body in its own words.
+/// The error a request body yields when the client's own body fails while the proxy
+/// streams it upstream: a malformed chunk (`Transfer-Encoding: chunked` with a chunk
+/// size of `ZZ`), a connection closed or reset mid-body, a body shorter than its
+/// `Content-Length`.
+///
+/// It wraps the client body's error (its [`source`](StdError::source)) and stays
+/// findable in the source chain of whatever the transport returns: hyper reports a
+/// failed request body as its "user body" error with this one as the cause.
+/// [`ProxyError::classify`] maps it to [`ProxyError::InvalidBody`] (400
+/// `invalid_body`), which is never an upstream fault and so never counts against a
+/// circuit breaker.
+///
+/// ```
+/// use std::error::Error;
+/// use pulse_proxy::{ProxyError, body::ClientBodyError};
+///
+/// let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+/// let err = ClientBodyError::new(reset);
+/// assert!(err.source().is_some());
+/// // Even a reset, which from the upstream would be a fault, is the client's here.
+/// assert_eq!(ProxyError::classify(&err), ProxyError::InvalidBody);
+/// assert!(!ProxyError::InvalidBody.is_upstream_fault());
+/// ```
+#[derive(Debug)]
+pub struct ClientBodyError {
+    source: BoxError,
+}
+
+impl ClientBodyError {
+    /// Wraps the client body's error.
+    pub fn new(source: impl Into<BoxError>) -> Self {
+        Self {
+            source: source.into(),
+        }
+    }
+
+    /// The client body's error, consuming this one.
+    pub fn into_source(self) -> BoxError {
+        self.source
+    }
+}
+
+impl fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("client request body failed")
+    }
+}
+
+impl StdError for ClientBodyError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// What went wrong with a streamed request body, if anything: shared between the body
+/// (which sets it) and the response future and transport (which read it), so that
+/// the client's fault decides the answer even when the transport reports the aborted
+/// body in its own words (a reset HTTP/2 stream, an upstream answer to a truncated
+/// body).
 #[derive(Clone, Debug)]
-pub(crate) struct LimitTripped {
-    flag: Arc<AtomicBool>,
+pub(crate) struct BodyWatch {
+    fault: Arc<AtomicU8>,
     limit: u64,
 }
 
-impl LimitTripped {
-    pub(crate) fn is_set(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
+const NO_FAULT: u8 = 0;
+const OVER_LIMIT: u8 = 1;
+const CLIENT_FAILED: u8 = 2;
+
+impl BodyWatch {
+    fn set(&self, fault: u8) {
+        // The first fault wins; a limit trip is final.
+        let _ = self
+            .fault
+            .compare_exchange(NO_FAULT, fault, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    pub(crate) const fn limit(&self) -> u64 {
-        self.limit
+    /// The client's fault, as the error the proxy answers with.
+    pub(crate) fn fault(&self) -> Option<ProxyError> {
+        match self.fault.load(Ordering::Acquire) {
+            OVER_LIMIT => Some(ProxyError::BodyTooLarge { limit: self.limit }),
+            CLIENT_FAILED => Some(ProxyError::InvalidBody),
+            _ => None,
+        }
     }
 }
 
 pin_project! {
     /// The body of the request the proxy sends upstream: the client's body streamed
     /// through a size limit, or a small buffered copy that can be sent again.
+    ///
+    /// A streamed body fails with [`BodyLimitExceeded`] past the limit and with
+    /// [`ClientBodyError`] when the client's body itself fails, so the client's
+    /// faults stay distinguishable from the upstream's.
     pub struct ProxyRequestBody<B> {
         #[pin]
         kind: ReqKind<B>,
@@ -81,7 +154,7 @@ pin_project! {
             body: B,
             remaining: u64,
             limit: u64,
-            tripped: LimitTripped,
+            watch: BodyWatch,
         },
     }
 }
@@ -117,10 +190,11 @@ impl<B> ProxyRequestBody<B> {
         }
     }
 
-    /// The client's body, streamed, failing with [`BodyLimitExceeded`] past `limit`.
-    pub(crate) fn streaming(body: B, limit: u64) -> (Self, LimitTripped) {
-        let tripped = LimitTripped {
-            flag: Arc::new(AtomicBool::new(false)),
+    /// The client's body, streamed, failing with [`BodyLimitExceeded`] past `limit`
+    /// and with [`ClientBodyError`] when the client's body fails.
+    pub(crate) fn streaming(body: B, limit: u64) -> (Self, BodyWatch) {
+        let watch = BodyWatch {
+            fault: Arc::new(AtomicU8::new(NO_FAULT)),
             limit,
         };
         let this = Self {
@@ -128,10 +202,10 @@ impl<B> ProxyRequestBody<B> {
                 body,
                 remaining: limit,
                 limit,
-                tripped: tripped.clone(),
+                watch: watch.clone(),
             },
         };
-        (this, tripped)
+        (this, watch)
     }
 
     /// A copy for sending again, when the body is empty or buffered.
@@ -165,17 +239,20 @@ where
                 body,
                 remaining,
                 limit,
-                tripped,
+                watch,
             } => {
                 let frame = match ready!(body.poll_frame(cx)) {
                     None => return Poll::Ready(None),
-                    Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                    Some(Err(e)) => {
+                        watch.set(CLIENT_FAILED);
+                        return Poll::Ready(Some(Err(Box::new(ClientBodyError::new(e)))));
+                    }
                     Some(Ok(frame)) => frame,
                 };
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > *remaining {
-                        tripped.flag.store(true, Ordering::Release);
+                        watch.set(OVER_LIMIT);
                         return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded {
                             limit: *limit,
                         }))));
@@ -287,18 +364,42 @@ mod tests {
             Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"12345"))),
             Ok(Frame::data(Bytes::from_static(b"678"))),
         ]);
-        let (body, tripped) = ProxyRequestBody::streaming(StreamBody::new(chunks), 6);
+        let (body, watch) = ProxyRequestBody::streaming(StreamBody::new(chunks), 6);
         let err = body.collect().await.unwrap_err();
         assert_eq!(BodyLimitExceeded::limit_of(&*err), Some(6));
-        assert!(tripped.is_set());
+        assert_eq!(watch.fault(), Some(ProxyError::BodyTooLarge { limit: 6 }));
+    }
+
+    #[tokio::test]
+    async fn a_failing_client_body_is_marked_as_the_clients() {
+        let chunks = futures_util::stream::iter(vec![
+            Ok(Frame::data(Bytes::from_static(b"12"))),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "client went away",
+            )),
+        ]);
+        let (body, watch) = ProxyRequestBody::streaming(StreamBody::new(chunks), 100);
+        let err = body.collect().await.unwrap_err();
+        let marked = err.downcast_ref::<ClientBodyError>().expect("marked");
+        // The original error is kept as the source, for logs.
+        let source = marked
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            source.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::ConnectionReset)
+        );
+        assert_eq!(ProxyError::classify(&*err), ProxyError::InvalidBody);
+        assert_eq!(watch.fault(), Some(ProxyError::InvalidBody));
     }
 
     #[tokio::test]
     async fn within_limit_passes_and_buffered_clones() {
-        let (body, tripped) = ProxyRequestBody::streaming(Full::new(Bytes::from("abc")), 3);
+        let (body, watch) = ProxyRequestBody::streaming(Full::new(Bytes::from("abc")), 3);
         assert!(body.try_clone().is_none());
         assert_eq!(body.collect().await.unwrap().to_bytes(), "abc");
-        assert!(!tripped.is_set());
+        assert_eq!(watch.fault(), None);
         let b: ProxyRequestBody<Full<Bytes>> = ProxyRequestBody::buffered(Bytes::from("x"));
         let c = b.try_clone().unwrap();
         assert_eq!(c.collect().await.unwrap().to_bytes(), "x");

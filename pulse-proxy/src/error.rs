@@ -14,6 +14,11 @@ use pulse_core::{ApiError, ErrorCode, RequestId};
 /// A boxed error, as tower uses.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// The `Retry-After` of the proxy's 503 answers that have no better figure (refused,
+/// unreachable, pool exhausted, overloaded): 1 s. An open circuit answers with the
+/// breaker's own remaining open time instead.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// Which timeout fired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -38,14 +43,22 @@ impl fmt::Display for TimeoutPhase {
 
 /// Why a proxied request failed.
 ///
-/// | kind | status |
-/// | --- | --- |
-/// | [`BadFraming`](Self::BadFraming), [`UnsafePath`](Self::UnsafePath) | 400 |
-/// | [`NotRouted`](Self::NotRouted) | 404 |
-/// | [`BodyTooLarge`](Self::BodyTooLarge) | 413 |
-/// | [`ConnectRefused`](Self::ConnectRefused), [`Unavailable`](Self::Unavailable), [`PoolExhausted`](Self::PoolExhausted), [`CircuitOpen`](Self::CircuitOpen) | 503 (+ `Retry-After` when known) |
-/// | [`Timeout`](Self::Timeout) | 504 |
-/// | [`Protocol`](Self::Protocol), [`UpgradeFailed`](Self::UpgradeFailed) | 502 |
+/// | kind | status | code | an upstream fault? |
+/// | --- | --- | --- | --- |
+/// | [`BadFraming`](Self::BadFraming), [`UnsafePath`](Self::UnsafePath) | 400 | `bad_request` | no |
+/// | [`InvalidBody`](Self::InvalidBody) | 400 | `invalid_body` | no |
+/// | [`NotRouted`](Self::NotRouted) | 404 | `not_found` | no |
+/// | [`BodyTooLarge`](Self::BodyTooLarge) | 413 | `payload_too_large` | no |
+/// | [`ConnectRefused`](Self::ConnectRefused), [`Unavailable`](Self::Unavailable) | 503 + `Retry-After: 1` | `service_unavailable` | yes |
+/// | [`PoolExhausted`](Self::PoolExhausted) | 503 + `Retry-After: 1` | `service_unavailable` | no |
+/// | [`Overloaded`](Self::Overloaded) | 503 + `Retry-After: 1` | `overloaded` | no |
+/// | [`CircuitOpen`](Self::CircuitOpen) | 503 + `Retry-After` (the breaker's remaining open time) | `circuit_open` | no |
+/// | [`Timeout`](Self::Timeout) | 504 | `gateway_timeout` | yes |
+/// | [`Protocol`](Self::Protocol), [`UpgradeFailed`](Self::UpgradeFailed) | 502 | `bad_gateway` | yes |
+///
+/// The last column is [`is_upstream_fault`](Self::is_upstream_fault): only those kinds
+/// say anything about the upstream's health, and only they may count against its
+/// circuit breaker.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProxyError {
@@ -71,6 +84,12 @@ pub enum ProxyError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// The client's request body failed while it was streamed upstream: a malformed
+    /// chunk, a connection closed or reset mid-body, a body shorter than its
+    /// `Content-Length`. The client's fault, never the upstream's (see
+    /// [`ClientBodyError`](crate::body::ClientBodyError)).
+    #[error("client request body failed")]
+    InvalidBody,
     /// The upstream refused the connection.
     #[error("upstream refused the connection")]
     ConnectRefused,
@@ -81,6 +100,11 @@ pub enum ProxyError {
     /// The transport's cap on concurrent requests was reached; the request was not sent.
     #[error("upstream connection pool exhausted")]
     PoolExhausted,
+    /// The transport was not ready when the request came (a full buffer or
+    /// concurrency limit around it): the proxy sheds the request, like tower's
+    /// `LoadShed`, instead of queueing it or calling a transport that is not ready.
+    #[error("transport not ready: request shed")]
+    Overloaded,
     /// A timeout fired.
     #[error("upstream timeout ({phase})")]
     Timeout {
@@ -106,12 +130,15 @@ impl ProxyError {
     /// The HTTP status this error answers with.
     pub const fn status(&self) -> StatusCode {
         match self {
-            Self::BadFraming { .. } | Self::UnsafePath { .. } => StatusCode::BAD_REQUEST,
+            Self::BadFraming { .. } | Self::UnsafePath { .. } | Self::InvalidBody => {
+                StatusCode::BAD_REQUEST
+            }
             Self::NotRouted => StatusCode::NOT_FOUND,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ConnectRefused
             | Self::Unavailable
             | Self::PoolExhausted
+            | Self::Overloaded
             | Self::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Protocol | Self::UpgradeFailed => StatusCode::BAD_GATEWAY,
@@ -125,10 +152,47 @@ impl ProxyError {
             self,
             Self::ConnectRefused
                 | Self::PoolExhausted
+                | Self::Overloaded
                 | Self::CircuitOpen { .. }
                 | Self::Timeout {
                     phase: TimeoutPhase::Connect
                 }
+        )
+    }
+
+    /// A stable `snake_case` name of the kind, for metric labels and logs (a bounded
+    /// set: one per variant).
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::BadFraming { .. } => "bad_framing",
+            Self::UnsafePath { .. } => "unsafe_path",
+            Self::NotRouted => "not_routed",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::InvalidBody => "invalid_body",
+            Self::ConnectRefused => "connect_refused",
+            Self::Unavailable => "unavailable",
+            Self::PoolExhausted => "pool_exhausted",
+            Self::Overloaded => "overloaded",
+            Self::Timeout { .. } => "timeout",
+            Self::Protocol => "protocol",
+            Self::CircuitOpen { .. } => "circuit_open",
+            Self::UpgradeFailed => "upgrade_failed",
+        }
+    }
+
+    /// Whether the error says the upstream is unhealthy: refused or unreachable, a
+    /// timeout, an upstream protocol error. The client's faults (framing, path, body
+    /// too large or broken off), the proxy's own shedding (pool exhausted, transport
+    /// not ready) and an already open circuit are not: counting them would let any
+    /// client open the circuit for everyone.
+    pub const fn is_upstream_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::ConnectRefused
+                | Self::Unavailable
+                | Self::Timeout { .. }
+                | Self::Protocol
+                | Self::UpgradeFailed
         )
     }
 
@@ -137,24 +201,31 @@ impl ProxyError {
         match self {
             Self::BadFraming { .. } => ApiError::bad_request("Malformed request framing"),
             Self::UnsafePath { .. } => ApiError::bad_request("Invalid request path"),
+            Self::InvalidBody => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::INVALID_BODY,
+                "Malformed or incomplete request body",
+            ),
             Self::NotRouted => ApiError::not_found("Not found"),
             Self::BodyTooLarge { .. } => ApiError::payload_too_large(),
             Self::ConnectRefused | Self::Unavailable => {
                 ApiError::service_unavailable("Upstream service unavailable")
+                    .with_retry_after(DEFAULT_RETRY_AFTER)
             }
             Self::PoolExhausted => ApiError::service_unavailable("Upstream service busy")
-                .with_retry_after(Duration::from_secs(1)),
-            Self::CircuitOpen { retry_after } => {
-                let err = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::CIRCUIT_OPEN,
-                    "Upstream service temporarily unavailable",
-                );
-                match retry_after {
-                    Some(after) => err.with_retry_after(*after),
-                    None => err,
-                }
-            }
+                .with_retry_after(DEFAULT_RETRY_AFTER),
+            Self::Overloaded => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::OVERLOADED,
+                "Service overloaded, try again shortly",
+            )
+            .with_retry_after(DEFAULT_RETRY_AFTER),
+            Self::CircuitOpen { retry_after } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::CIRCUIT_OPEN,
+                "Upstream service temporarily unavailable",
+            )
+            .with_retry_after(retry_after.unwrap_or(DEFAULT_RETRY_AFTER)),
             Self::Timeout { .. } => ApiError::gateway_timeout(),
             Self::Protocol | Self::UpgradeFailed => ApiError::bad_gateway(),
         }
@@ -178,9 +249,12 @@ impl ProxyError {
 
     /// Classify an error returned by a transport or a layer around it.
     ///
-    /// Walks the error's source chain: a [`ProxyError`] anywhere wins; then the
-    /// well-known errors of hyper, hyper-util, tower and the standard library are
-    /// recognised; anything else is a [`ProxyError::Protocol`] error.
+    /// Walks the error's source chain: a [`ProxyError`] anywhere wins, and so does a
+    /// failure of the client's own body ([`ClientBodyError`](crate::body::ClientBodyError)
+    /// → [`InvalidBody`](Self::InvalidBody), [`BodyLimitExceeded`](crate::body::BodyLimitExceeded)
+    /// → [`BodyTooLarge`](Self::BodyTooLarge)), found through hyper's "user body"
+    /// error; then the well-known errors of hyper, hyper-util, tower and the standard
+    /// library are recognised; anything else is a [`ProxyError::Protocol`] error.
     pub fn classify(err: &(dyn StdError + 'static)) -> Self {
         let mut connect = false;
         let mut current: Option<&(dyn StdError + 'static)> = Some(err);
@@ -190,6 +264,11 @@ impl ProxyError {
             }
             if let Some(kind) = crate::body::BodyLimitExceeded::limit_of(e) {
                 return Self::BodyTooLarge { limit: kind };
+            }
+            // Before the io errors below: a client's reset mid-body is the client's,
+            // however it is worded further down the chain.
+            if e.is::<crate::body::ClientBodyError>() {
+                return Self::InvalidBody;
             }
             if e.is::<tokio::time::error::Elapsed>() {
                 return Self::Timeout {
@@ -251,6 +330,35 @@ mod tests {
         assert_eq!(ProxyError::Protocol.status(), 502);
         assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.status(), 413);
         assert_eq!(ProxyError::UnsafePath { reason: "x" }.status(), 400);
+    }
+
+    #[test]
+    fn client_body_faults_and_shedding_have_their_own_codes() {
+        let res = ProxyError::InvalidBody.into_response(None, |b| b);
+        assert_eq!(res.status(), 400);
+        let body = String::from_utf8(res.into_body().to_vec()).unwrap();
+        assert!(body.contains(r#""code":"invalid_body""#), "{body}");
+
+        let res = ProxyError::Overloaded.into_response(None, |b| b);
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()[http::header::RETRY_AFTER], "1");
+        let body = String::from_utf8(res.into_body().to_vec()).unwrap();
+        assert!(body.contains(r#""code":"overloaded""#), "{body}");
+    }
+
+    #[test]
+    fn every_503_has_a_retry_after() {
+        for err in [
+            ProxyError::ConnectRefused,
+            ProxyError::Unavailable,
+            ProxyError::PoolExhausted,
+            ProxyError::Overloaded,
+            ProxyError::CircuitOpen { retry_after: None },
+        ] {
+            let res = err.into_response(None, |b| b);
+            assert_eq!(res.status(), 503);
+            assert_eq!(res.headers()[http::header::RETRY_AFTER], "1");
+        }
     }
 
     #[test]

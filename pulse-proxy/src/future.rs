@@ -16,7 +16,7 @@ use pulse_core::{RequestId, ResponseBody};
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::{
-    body::{LimitTripped, UpstreamBody},
+    body::{BodyWatch, UpstreamBody},
     error::{BoxError, ProxyError, TimeoutPhase},
     headers,
     service::ProxyResponseBody,
@@ -28,7 +28,8 @@ pub(crate) struct CallContext {
     /// which is then parsed only if an error answer needs it.
     pub(crate) request_id: Option<RequestId>,
     pub(crate) request_id_value: HeaderValue,
-    pub(crate) tripped: Option<LimitTripped>,
+    /// The streamed request body's fault flag (none for an empty body).
+    pub(crate) body_watch: Option<BodyWatch>,
     pub(crate) deadline: Option<Instant>,
     pub(crate) client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
@@ -148,15 +149,12 @@ fn finish<B, E>(
 where
     E: Into<BoxError>,
 {
-    // A body cut off at the limit may surface as any transport error or even as an
-    // upstream answer to a truncated body; the client gets 413 either way.
-    if ctx.tripped.as_ref().is_some_and(LimitTripped::is_set) {
-        return error_response(
-            ProxyError::BodyTooLarge {
-                limit: ctx.tripped_limit(),
-            },
-            &ctx.request_id(),
-        );
+    // A body cut off at the limit, or broken off by the client, may surface as any
+    // transport error or even as an upstream answer to a truncated body; the client
+    // gets 413 or 400 either way, never a 5xx that blames the upstream.
+    if let Some(fault) = ctx.body_watch.as_ref().and_then(BodyWatch::fault) {
+        tracing::debug!(kind = %fault, "client request body failed");
+        return error_response(fault, &ctx.request_id());
     }
     let res = match result {
         Ok(res) => res,
@@ -205,10 +203,6 @@ impl CallContext {
     /// The request's id.
     pub(crate) fn request_id(&self) -> RequestId {
         request_id_or_value(self.request_id.as_ref(), &self.request_id_value)
-    }
-
-    fn tripped_limit(&self) -> u64 {
-        self.tripped.as_ref().map_or(0, LimitTripped::limit)
     }
 }
 

@@ -26,15 +26,24 @@
 //!    outbound request's extensions).
 //! 5. **Bodies** stream both ways, never collected; a request body over the limit gets
 //!    413, whether its `Content-Length` says so or it grows past the limit while
-//!    streaming. Multiple `Set-Cookie` headers and trailers survive. WebSocket and other
+//!    streaming. A client body that breaks off or is malformed while it streams (a bad
+//!    chunk size, a reset mid-body) gets 400 `invalid_body`: it is marked
+//!    ([`ClientBodyError`]) so that neither the answer nor a circuit breaker blames the
+//!    upstream for it. Multiple `Set-Cookie` headers and trailers survive. WebSocket and other
 //!    HTTP/1.1 upgrades are forwarded when enabled: the upstream's 101 comes first, then
 //!    the client's, then the two connections are spliced.
 //! 6. **Timeouts and errors.** Connect (transport), time-to-headers (default 30 s) and an
 //!    optional total deadline. Every failure is a typed [`ProxyError`] answered with the
-//!    shared JSON error body: refused, unreachable, pool exhausted or circuit open → 503
-//!    (`Retry-After` when known), timeout → 504, upstream protocol error → 502. No
-//!    upstream error text reaches the client; the error is also in the response's
-//!    extensions for metrics.
+//!    shared JSON error body: refused, unreachable, pool exhausted, transport not ready
+//!    (`overloaded`) or circuit open → 503 with `Retry-After`, timeout → 504, upstream
+//!    protocol error → 502. No upstream error text reaches the client; the error is
+//!    also in the response's extensions for metrics. A circuit breaker around the
+//!    transport should classify with [`UpstreamClassifier`] (feature `breaker`), which
+//!    counts only upstream faults ([`ProxyError::is_upstream_fault`]).
+//!
+//!    The proxy follows tower's readiness contract the way `LoadShed` does: it never
+//!    calls a transport that has not said it is ready, and answers such a request with
+//!    503 `overloaded` instead (see [`Proxy`]).
 //! 7. **Response.** Hop-by-hop and internal headers are removed and the request id is
 //!    echoed.
 //! 8. **Retries** are off. With the `retry` feature, [`retry::RetryLayer`] around the
@@ -106,7 +115,7 @@
 //! | `unix` | yes | [`transport::UnixTransport`] (unix only) |
 //! | `tls` | no | `HttpTransport::https`: rustls to `https://` upstreams |
 //! | `retry` | yes | [`retry::RetryLayer`]: budgeted retries of safe requests |
-//! | `breaker` | yes | pulse-breaker's `BreakerOpen` (from a breaker around the transport) becomes [`ProxyError::CircuitOpen`]: 503 + `Retry-After` |
+//! | `breaker` | yes | pulse-breaker's `BreakerOpen` (from a breaker around the transport) becomes [`ProxyError::CircuitOpen`]: 503 + `Retry-After`; `UpstreamClassifier` for that breaker |
 //! | `balance` | yes | [`balance`]: p2c load balancing with a breaker per upstream (implies `breaker`) |
 //! | `axum` | no | the client address from axum's `ConnectInfo<SocketAddr>` |
 //! | `redis` | no | `cache::RedisStore`: a response cache shared by several gateways |
@@ -129,10 +138,14 @@ mod upgrade;
 
 #[cfg(feature = "balance")]
 pub mod balance;
+#[cfg(feature = "breaker")]
+mod classifier;
 #[cfg(feature = "retry")]
 pub mod retry;
 
-pub use body::{ProxyRequestBody, UpstreamBody};
+pub use body::{ClientBodyError, ProxyRequestBody, UpstreamBody};
+#[cfg(feature = "breaker")]
+pub use classifier::UpstreamClassifier;
 pub use config::{
     DEFAULT_MAX_REQUEST_BODY, DEFAULT_RESPONSE_TIMEOUT, InvalidUpstream, ProxyConfig,
 };

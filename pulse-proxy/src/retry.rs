@@ -166,13 +166,17 @@ where
             .is_some_and(|n| n <= self.buffer_limit);
         if req.body().try_clone().is_none() && is_idempotent(req.method()) && small {
             // Buffer the small body so the request can be sent again; the size limit of
-            // the proxy's body still applies while collecting.
-            let mut svc = self.inner.clone();
+            // the proxy's body still applies while collecting. The service made ready
+            // by `poll_ready` goes into the future and a clone stays here: polling a
+            // fresh clone instead would leave the ready one's reservation (a
+            // concurrency permit, a buffer slot) unused, and wait for a second one
+            // that may never come.
+            let clone = self.inner.clone();
+            let mut svc = std::mem::replace(&mut self.inner, clone);
             return Box::pin(async move {
                 let (parts, body) = req.into_parts();
                 let bytes = body.collect().await?.to_bytes();
                 let req = Request::from_parts(parts, ProxyRequestBody::buffered(bytes));
-                std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
                 Ok(svc.call(req).await?)
             });
         }

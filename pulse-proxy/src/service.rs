@@ -18,7 +18,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
-    body::{LimitTripped, ProxyRequestBody, UpstreamBody},
+    body::{BodyWatch, ProxyRequestBody, UpstreamBody},
     config::ProxyConfig,
     error::{BoxError, ProxyError},
     framing::check_framing,
@@ -58,20 +58,74 @@ impl<T> Layer<T> for ProxyLayer {
         Proxy {
             inner,
             config: Arc::clone(&self.config),
-            ready_error: None,
+            readiness: Readiness::Unknown,
         }
     }
+}
+
+/// What the last `poll_ready` learnt about the transport, for the next `call`.
+#[derive(Debug)]
+enum Readiness {
+    /// Not polled since the last call (or a fresh clone): the transport may not be
+    /// called.
+    Unknown,
+    /// The transport said ready: the next call may use it.
+    Ready,
+    /// The transport said pending (full buffer, concurrency limit reached).
+    NotReady,
+    /// The transport failed (a closed buffer); the next call is answered with this.
+    Failed(ProxyError),
 }
 
 /// The reverse-proxy service: forwards each request over the transport `T` (any
 /// `tower::Service<http::Request<ProxyRequestBody<B>>>`) after the checks, header
 /// hygiene and injections of the crate docs, and answers every failure itself with a
 /// JSON error, so its error type is [`Infallible`].
+///
+/// # Readiness
+///
+/// Like tower's `LoadShed`, the proxy never makes its caller wait and never calls a
+/// transport that is not ready. `poll_ready` polls the transport, records the answer
+/// and always returns `Ready(Ok(()))`; `call` then forwards only if the transport said
+/// ready. A transport that was pending (a full `Buffer`, a `ConcurrencyLimit` at its
+/// limit) gets its request answered `503 overloaded` with `Retry-After: 1`, one that
+/// failed (a closed buffer) gets the classified error, and neither is called. A
+/// `call` without a `poll_ready` since the last one, and a clone (which does not
+/// inherit the original's readiness), are answered `503 overloaded` too.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Empty;
+/// use pulse_proxy::{Proxy, ProxyConfig, ProxyRequestBody, transport::InProcessTransport};
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let upstream = tower::service_fn(|_: Request<ProxyRequestBody<Empty<Bytes>>>| {
+///     std::future::pending::<Result<Response<Empty<Bytes>>, Infallible>>()
+/// });
+/// // One request at a time may reach the upstream.
+/// let transport = ServiceBuilder::new()
+///     .concurrency_limit(1)
+///     .service(InProcessTransport::new(upstream));
+/// let mut proxy = Proxy::new(transport, ProxyConfig::new("http://etl:8001".parse()?)?);
+///
+/// let first = proxy.ready().await?.call(Request::new(Empty::new()));
+/// // The first request holds the only permit: the next one is shed, not queued.
+/// let second = proxy.ready().await?.call(Request::new(Empty::new())).await?;
+/// assert_eq!(second.status(), 503);
+/// assert_eq!(second.headers()["retry-after"], "1");
+/// # drop(first);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Proxy<T> {
     inner: T,
     config: Arc<ProxyConfig>,
-    ready_error: Option<ProxyError>,
+    readiness: Readiness,
 }
 
 impl<T: Clone> Clone for Proxy<T> {
@@ -79,7 +133,8 @@ impl<T: Clone> Clone for Proxy<T> {
         Self {
             inner: self.inner.clone(),
             config: Arc::clone(&self.config),
-            ready_error: None,
+            // The transport's clone has not been polled: readiness is not inherited.
+            readiness: Readiness::Unknown,
         }
     }
 }
@@ -129,13 +184,15 @@ where
     type Future = ResponseFuture<T::Future, RB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.ready_error.is_some() {
-            return Poll::Ready(Ok(()));
-        }
-        // A transport that cannot become ready (a closed buffer, a balancer without
-        // endpoints) is answered per request, like `LoadShed` does, not as an `Err`.
-        if let Poll::Ready(Err(e)) = self.inner.poll_ready(cx).map_err(Into::into) {
-            self.ready_error = Some(ProxyError::classify(&*e));
+        // Never make the caller wait (tower's `LoadShed` discipline): a transport that
+        // is not ready, or cannot become ready (a closed buffer), is answered per
+        // request in `call`, not by holding the caller or failing the service.
+        if !matches!(self.readiness, Readiness::Ready) {
+            self.readiness = match self.inner.poll_ready(cx) {
+                Poll::Ready(Ok(())) => Readiness::Ready,
+                Poll::Pending => Readiness::NotReady,
+                Poll::Ready(Err(e)) => Readiness::Failed(ProxyError::classify(&*e.into())),
+            };
         }
         Poll::Ready(Ok(()))
     }
@@ -143,17 +200,23 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
         let (request_id, request_id_value) = request_id(&parts);
-        if let Some(err) = self.ready_error.take() {
+        let refusal = match std::mem::replace(&mut self.readiness, Readiness::Unknown) {
+            Readiness::Ready => None,
+            Readiness::Unknown | Readiness::NotReady => Some(ProxyError::Overloaded),
+            Readiness::Failed(err) => Some(err),
+        };
+        if let Some(err) = refusal {
+            tracing::debug!(kind = %err, "transport not ready: request shed");
             let request_id = request_id_or_value(request_id.as_ref(), &request_id_value);
             return ResponseFuture::answered(err, &request_id);
         }
         match prepare(&self.config, &mut parts, body, &request_id_value) {
-            Ok((outbound, tripped, client_upgrade)) => {
+            Ok((outbound, body_watch, client_upgrade)) => {
                 let started = Instant::now();
                 let ctx = CallContext {
                     request_id,
                     request_id_value,
-                    tripped,
+                    body_watch,
                     deadline: self.config.total_timeout.map(|t| started + t),
                     client_upgrade,
                 };
@@ -200,7 +263,7 @@ fn request_id(parts: &Parts) -> (Option<RequestId>, HeaderValue) {
 
 type Prepared<B> = (
     Request<ProxyRequestBody<B>>,
-    Option<LimitTripped>,
+    Option<BodyWatch>,
     Option<hyper::upgrade::OnUpgrade>,
 );
 
@@ -278,11 +341,11 @@ fn prepare<B: Body>(
     };
 
     // 5. The body streams through the limit; an empty one is not wrapped at all.
-    let (body, tripped) = if content_length == Some(0) || body.is_end_stream() {
+    let (body, body_watch) = if content_length == Some(0) || body.is_end_stream() {
         (ProxyRequestBody::empty(), None)
     } else {
-        let (body, tripped) = ProxyRequestBody::streaming(body, config.max_request_body);
-        (body, Some(tripped))
+        let (body, watch) = ProxyRequestBody::streaming(body, config.max_request_body);
+        (body, Some(watch))
     };
 
     let mut uri_parts = uri::Parts::default();
@@ -307,5 +370,13 @@ fn prepare<B: Body>(
     } else if let Some(identity) = parts.extensions.remove::<Identity>() {
         outbound.extensions_mut().insert(identity);
     }
-    Ok((outbound, tripped, client_upgrade))
+    // The body's fault flag travels too, so that the pooled transports report a body
+    // the client broke off as the client's fault even when the HTTP stack words it as
+    // its own error (HTTP/2 resets the stream and drops the cause); a circuit breaker
+    // between the proxy and the transport then sees that. The type is private: no one
+    // else can read or forge it.
+    if let Some(watch) = &body_watch {
+        outbound.extensions_mut().insert(watch.clone());
+    }
+    Ok((outbound, body_watch, client_upgrade))
 }

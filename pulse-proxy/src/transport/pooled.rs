@@ -27,7 +27,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 use super::TransportConfig;
-use crate::error::{BoxError, ProxyError};
+use crate::{
+    body::BodyWatch,
+    error::{BoxError, ProxyError},
+};
 
 /// The pooled HTTP transport: hyper-util's legacy client (keep-alive pool, HTTP/1.1
 /// or HTTP/2) with a hard cap on requests in flight that fails fast.
@@ -174,25 +177,19 @@ where
             match Uri::from_parts(parts) {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(_) => {
-                    return TransportFuture {
-                        inner: None,
-                        permit: None,
-                        error: Some(ProxyError::Protocol),
-                    };
+                    return TransportFuture::failed(ProxyError::Protocol);
                 }
             }
         }
         match Arc::clone(&self.in_flight).try_acquire_owned() {
             Ok(permit) => TransportFuture {
+                // Set by the proxy for a streamed client body.
+                body_watch: req.extensions().get::<BodyWatch>().cloned(),
                 inner: Some(self.client.request(req)),
                 permit: Some(permit),
                 error: None,
             },
-            Err(_) => TransportFuture {
-                inner: None,
-                permit: None,
-                error: Some(ProxyError::PoolExhausted),
-            },
+            Err(_) => TransportFuture::failed(ProxyError::PoolExhausted),
         }
     }
 }
@@ -202,6 +199,18 @@ pub struct TransportFuture {
     inner: Option<ClientFuture>,
     permit: Option<OwnedSemaphorePermit>,
     error: Option<ProxyError>,
+    body_watch: Option<BodyWatch>,
+}
+
+impl TransportFuture {
+    const fn failed(error: ProxyError) -> Self {
+        Self {
+            inner: None,
+            permit: None,
+            error: Some(error),
+            body_watch: None,
+        }
+    }
 }
 
 impl fmt::Debug for TransportFuture {
@@ -224,7 +233,13 @@ impl Future for TransportFuture {
                 Poll::Ready(Ok(res.map(|body| TransportBody { body, permit })))
             }
             Poll::Ready(Err(e)) => {
-                let err = ProxyError::classify(&e);
+                // The client's body fault first: HTTP/2 reports a request body that
+                // failed as a reset stream, without the cause.
+                let err = self
+                    .body_watch
+                    .as_ref()
+                    .and_then(BodyWatch::fault)
+                    .unwrap_or_else(|| ProxyError::classify(&e));
                 tracing::debug!(error = %e, kind = %err, "transport request failed");
                 Poll::Ready(Err(err))
             }

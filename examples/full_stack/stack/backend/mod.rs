@@ -16,7 +16,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use pulse_breaker::{Backoff, Breaker, BreakerConfig, CircuitBreakerLayer, HttpClassifier};
+use pulse_breaker::{Backoff, Breaker, BreakerConfig, CircuitBreakerLayer};
 use pulse_core::health::{Health, HealthAggregator, check_fn};
 use pulse_core::internal_auth::{InternalCredentialLayer, InternalTokenMinter, KeyRing};
 use pulse_core::jwt::{
@@ -28,7 +28,7 @@ use pulse_core::{AuthorizeLayer, RequestIdLayer};
 use pulse_etl::client::EtlClient;
 use pulse_proxy::cache::{CacheLayer, CacheStats, MemoryStore};
 use pulse_proxy::transport::{HttpTransport, TransportConfig};
-use pulse_proxy::{Proxy, ProxyConfig};
+use pulse_proxy::{Proxy, ProxyConfig, UpstreamClassifier};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -166,8 +166,8 @@ pub async fn start(
     // The outbound side, outermost first: Proxy → breaker → credential → pooled HTTP.
     let transport = ServiceBuilder::new()
         // Open circuit → BreakerOpen, which the proxy answers 503 circuit_open + Retry-After;
-        // 5xx and transport errors count as failures, 4xx do not.
-        .layer(CircuitBreakerLayer::new(breaker.clone()).with_classifier(HttpClassifier::new()))
+        // only upstream faults count (5xx, refused, timeouts), never a client's bad body.
+        .layer(CircuitBreakerLayer::new(breaker.clone()).with_classifier(UpstreamClassifier::new()))
         // Each request carries the ring's key and a token signed for the verified user.
         .layer(
             InternalCredentialLayer::new()
