@@ -134,6 +134,37 @@ pub(crate) async fn start_service(
         .expect("stack starts")
 }
 
+/// [`args`] with the given flags' values replaced (or added): `("--breaker-open-ms", "3000")`.
+pub(crate) fn args_overriding(
+    data_dir: &std::path::Path,
+    overrides: &[(&str, &str)],
+) -> Vec<String> {
+    let mut args = args(data_dir);
+    for (flag, value) in overrides {
+        match args.iter().position(|arg| arg == flag) {
+            Some(at) => args[at + 1] = (*value).to_owned(),
+            None => args.extend([(*flag).to_owned(), (*value).to_owned()]),
+        }
+    }
+    args
+}
+
+/// The whole stack, on ephemeral ports, with some flags of [`args`] overridden.
+pub(crate) async fn start_overriding(overrides: &[(&str, &str)]) -> TestStack {
+    let _ = logs();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cli = Cli::try_parse_from_args(args_overriding(dir.path(), overrides));
+    let stack = tokio::time::timeout(DEADLINE, Stack::start(Service::All, cli.options))
+        .await
+        .expect("stack starts in time")
+        .expect("stack starts");
+    TestStack {
+        stack,
+        _dir: Some(dir),
+        http: client(),
+    }
+}
+
 pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }

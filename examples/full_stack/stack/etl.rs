@@ -79,7 +79,7 @@ pub async fn start(
         .layer(TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)))
         // Outermost: accept the gateway's X-Request-ID, so both services log one id.
         .layer(RequestIdLayer::new());
-    let server = serve("etl", listener, router, None, options.shutdown_grace())?;
+    let server = serve("etl", listener, router, None, options.limits())?;
     Ok(EtlService {
         server,
         engine,
@@ -145,7 +145,7 @@ async fn seed_jobs(options: &Options) -> anyhow::Result<(SeedJobsConfig, Option<
             listener,
             router,
             None,
-            Duration::from_millis(200),
+            options.limits().with_grace(Duration::from_millis(200)),
         )?)
     } else {
         None

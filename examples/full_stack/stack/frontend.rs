@@ -136,11 +136,5 @@ pub fn start(
 ) -> anyhow::Result<Running> {
     let client = super::tls::client_config(trusted_cert)?;
     let router = router(&options.backend_url(), client)?;
-    Ok(serve(
-        "frontend",
-        listener,
-        router,
-        tls,
-        options.shutdown_grace(),
-    )?)
+    Ok(serve("frontend", listener, router, tls, options.limits())?)
 }

@@ -251,7 +251,7 @@ pub async fn start(
         // Outermost, edge mode: the gateway chooses the id; a client's is logged as client_request_id.
         .layer(RequestIdLayer::edge());
 
-    let server = serve("backend", listener, router, tls, options.shutdown_grace())?;
+    let server = serve("backend", listener, router, tls, options.limits())?;
     Ok(BackendService {
         server,
         breaker,
