@@ -97,6 +97,8 @@ pub(crate) fn args(data_dir: &std::path::Path) -> Vec<String> {
         "127.0.0.1:0",
         "--etl-addr",
         "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
         "--data-dir",
         data_dir.to_str().expect("utf-8 temp path"),
         "--fixture-latency-ms",
@@ -210,6 +212,20 @@ impl TestStack {
     }
     pub(crate) fn etl(&self) -> String {
         format!("http://{}", self.stack.options.etl_addr)
+    }
+    /// The gateway's metrics listener.
+    pub(crate) fn metrics(&self) -> String {
+        format!(
+            "http://{}",
+            self.stack.backend.as_ref().expect("backend").metrics.addr
+        )
+    }
+    /// The gateway's Prometheus text.
+    pub(crate) async fn metrics_text(&self) -> String {
+        let url = format!("{}/metrics", self.metrics());
+        let answer = self.call(Method::GET, &url, None, None, &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.body.as_str().unwrap_or_default().to_owned()
     }
 
     pub(crate) async fn call(

@@ -314,8 +314,8 @@ async fn wait_for_open(server: &Running, open: usize) {
     .unwrap_or_else(|_| panic!("{open} connections open"));
 }
 
-/// The flags reach every listener of the real stack: frontend, gateway and ETL each
-/// cut off half a request head at the configured header-read timeout.
+/// The flags reach every listener of the real stack: frontend, gateway, metrics and
+/// ETL each cut off half a request head at the configured header-read timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listener_of_the_stack_has_a_header_read_timeout() {
     let t = start_overriding(&[
@@ -331,6 +331,7 @@ async fn every_listener_of_the_stack_has_a_header_read_timeout() {
             t.stack.frontend.as_ref().expect("frontend").addr,
         ),
         ("backend", backend.server.addr),
+        ("metrics", backend.metrics.addr),
         ("etl", t.stack.etl.as_ref().expect("etl").server.addr),
     ];
     for (name, addr) in addrs {

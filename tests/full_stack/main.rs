@@ -18,4 +18,5 @@ mod jobs;
 mod listeners;
 mod outage;
 mod postgres;
+mod prometheus;
 mod tls;

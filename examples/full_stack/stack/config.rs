@@ -40,7 +40,7 @@ pub enum Service {
     All,
     /// The dashboard: static assets; /api/*, /ws/* and /health forwarded to the backend.
     Frontend,
-    /// The API gateway: login, JWT, RBAC, the /api/etl/* proxy, /ws/job-status, /health, /metrics.
+    /// The API gateway: login, JWT, RBAC, the /api/etl/* proxy, /ws/job-status, /health; /metrics on its own listener.
     Backend,
     /// The internal ETL job service: job engine, store and its API behind internal auth.
     Etl,
@@ -68,6 +68,9 @@ pub struct Options {
     /// Where the ETL service listens.
     #[arg(long, env = "PULSE_ETL_ADDR", default_value = "127.0.0.1:8001")]
     pub etl_addr: SocketAddr,
+    /// Where the gateway serves Prometheus metrics (`GET /metrics`); keep it private.
+    #[arg(long, env = "PULSE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
     /// The gateway's URL as the frontend reaches it [default: from --backend-addr].
     #[arg(long, env = "PULSE_BACKEND_URL")]
     pub backend_url: Option<String>,

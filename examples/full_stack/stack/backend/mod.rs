@@ -1,5 +1,6 @@
 //! The backend (API gateway): login, JWT, the RBAC-checked `/api/etl/*` proxy with
-//! breaker and cache, `/ws/job-status`, `/health` and `/metrics`.
+//! breaker and cache, `/ws/job-status` and `/health` on the public listener; `/metrics`
+//! on its own (private) listener.
 
 pub mod auth;
 pub mod metrics;
@@ -68,6 +69,8 @@ pub struct Gateway {
 pub struct BackendService {
     /// The server.
     pub server: Running,
+    /// The metrics server (`GET /metrics`, Prometheus text).
+    pub metrics: Running,
     /// The circuit breaker in front of the ETL service (the tests watch its state).
     #[allow(dead_code)]
     pub breaker: Breaker,
@@ -78,6 +81,7 @@ impl BackendService {
     /// Stop: in-flight requests finish, then the upstream subscription closes.
     pub async fn stop(self) {
         self.server.stop().await;
+        self.metrics.stop().await;
         let _ = self.stop_hub.send(true);
     }
 }
@@ -118,11 +122,12 @@ pub fn rule_table() -> anyhow::Result<RuleTable> {
         .context("gateway rule table")
 }
 
-/// Start the gateway on `listener`.
+/// Start the gateway on `listener`, its metrics on `metrics_listener`.
 pub async fn start(
     options: &Options,
     secrets: &Secrets,
     listener: TcpListener,
+    metrics_listener: TcpListener,
     tls: Option<TlsAcceptor>,
 ) -> anyhow::Result<BackendService> {
     // The Prometheus recorder, installed once per process.
@@ -202,8 +207,8 @@ pub async fn start(
     };
 
     // `/api/etl/*`. Each `.layer` wraps the ones before it, so a request meets them
-    // bottom-up: JWT → RBAC → metrics → [status cache] → Proxy (the correlation id and
-    // trace wrap the whole router below).
+    // bottom-up: JWT → RBAC → [status cache] → Proxy (the correlation id, trace and
+    // metrics wrap the whole router below).
     let etl_routes = Router::new()
         .route_service(
             "/api/etl/jobs/status",
@@ -218,8 +223,6 @@ pub async fn start(
             "/api/etl/{*path}",
             proxy.map_response(IntoResponse::into_response),
         )
-        // Innermost: count every answer that reached the proxy, by route, status and error kind.
-        .layer(middleware::from_fn(metrics::record))
         // Deny by default: etl.access for anything, etl.jobs.run to start or cancel.
         .layer(AuthorizeLayer::new(rule_table()?))
         // Everything under /api/etl needs a valid user token (401 + WWW-Authenticate
@@ -236,14 +239,18 @@ pub async fn start(
         )
         .route("/ws/job-status", any(ws::job_status))
         .route("/health", get(health))
-        .route("/metrics", get(metrics::render))
-        .with_state(gateway)
-        .layer(middleware::from_fn(metrics::record));
+        .with_state(gateway.clone());
 
     let router = Router::new()
         .merge(public)
         .merge(etl_routes)
+        // `/metrics` included: it is served on its own listener only.
         .fallback(not_found)
+        // A known route asked with another method (made-up ones included): JSON 405.
+        .method_not_allowed_fallback(method_not_allowed)
+        // Every answer, by matched route, method and status (401s, 403s and 404s
+        // included); `Router::layer` wraps each route, so the matched route is known.
+        .layer(middleware::from_fn(metrics::record))
         // Retry-After on every 503 without one, so clients back off.
         .layer(middleware::from_fn(retry_after_on_503))
         // One log line per request, inside the request span (request_id, user_id).
@@ -252,8 +259,18 @@ pub async fn start(
         .layer(RequestIdLayer::edge());
 
     let server = serve("backend", listener, router, tls, options.limits())?;
+    // Prometheus convention: metrics on their own port, loopback by default, so the
+    // public port does not tell strangers about the traffic and the upstream's state.
+    let metrics = serve(
+        "metrics",
+        metrics_listener,
+        metrics::router(gateway),
+        None,
+        options.limits(),
+    )?;
     Ok(BackendService {
         server,
+        metrics,
         breaker,
         stop_hub,
     })
@@ -350,7 +367,18 @@ async fn retry_after_on_503(request: Request, next: Next) -> Response {
     response
 }
 
-async fn not_found() -> Response {
+/// The JSON 405 of a known route asked with a method it does not serve (axum adds `Allow`).
+async fn method_not_allowed() -> Response {
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed for this route",
+        RequestId::current().map(|id| id.to_string()),
+    )
+}
+
+/// The JSON 404 of every unknown route.
+pub async fn not_found() -> Response {
     json_error(
         StatusCode::NOT_FOUND,
         "not_found",
