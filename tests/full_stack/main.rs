@@ -14,6 +14,7 @@ mod harness;
 mod auth;
 mod deployment;
 mod frontend;
+mod headers;
 mod jobs;
 mod listeners;
 mod outage;

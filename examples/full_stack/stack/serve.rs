@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::http::{HeaderValue, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -34,6 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::Instrument;
 
 /// Default [`Limits::header_read_timeout`].
@@ -49,6 +51,9 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// How often an HTTP/2 connection is pinged, and how long a ping may go unanswered.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+/// `Strict-Transport-Security` of every answer served over TLS: one year, as the
+/// HSTS preload list asks.
+pub const HSTS: &str = "max-age=31536000";
 
 /// How a listener treats its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +142,7 @@ impl Running {
     }
 }
 
-/// Serve `router` on `listener` (over TLS when `tls` is given) until stopped.
+/// Serve `router` on `listener` (over TLS, with HSTS, when `tls` is given) until stopped.
 pub fn serve(
     name: &'static str,
     listener: TcpListener,
@@ -150,6 +155,14 @@ pub fn serve(
     let max_connections = (limits.max_connections as usize).clamp(1, Semaphore::MAX_PERMITS);
     let slots = Arc::new(Semaphore::new(max_connections));
     let open = Arc::new(AtomicUsize::new(0));
+    let router = match tls {
+        // Browsers that once reached us over HTTPS never fall back to plain HTTP.
+        Some(_) => router.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        )),
+        None => router,
+    };
     let builder = Arc::new(builder(&limits));
     let span = tracing::info_span!("service", service = name);
     let counter = Arc::clone(&open);

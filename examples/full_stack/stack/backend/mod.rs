@@ -34,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -251,6 +252,11 @@ pub async fn start(
         // Every answer, by matched route, method and status (401s, 403s and 404s
         // included); `Router::layer` wraps each route, so the matched route is known.
         .layer(middleware::from_fn(metrics::record))
+        // API answers are JSON: no browser may sniff them into HTML.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         // Retry-After on every 503 without one, so clients back off.
         .layer(middleware::from_fn(retry_after_on_503))
         // One log line per request, inside the request span (request_id, user_id).
