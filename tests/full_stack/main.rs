@@ -20,4 +20,5 @@ mod listeners;
 mod outage;
 mod postgres;
 mod prometheus;
+mod retry_after;
 mod tls;

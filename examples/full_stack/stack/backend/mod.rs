@@ -50,6 +50,9 @@ pub const TOKEN_ISSUER: &str = "pulse-gateway";
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// How long `/api/etl/jobs/status` answers are cached.
 pub const STATUS_CACHE_TTL: Duration = Duration::from_secs(1);
+/// `Retry-After` of a 503 when the breaker knows no better (its circuit is closed, so
+/// the failure was just counted): try again soon, the next answer is fast either way.
+pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What the gateway's handlers share.
 #[derive(Clone)]
@@ -257,8 +260,11 @@ pub async fn start(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
-        // Retry-After on every 503 without one, so clients back off.
-        .layer(middleware::from_fn(retry_after_on_503))
+        // Retry-After on every 503 without one, from the breaker, so clients back off.
+        .layer(middleware::from_fn_with_state(
+            breaker.clone(),
+            retry_after_on_503,
+        ))
         // One log line per request, inside the request span (request_id, user_id).
         .layer(TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)))
         // Outermost, edge mode: the gateway chooses the id; a client's is logged as client_request_id.
@@ -338,11 +344,32 @@ async fn health(State(gateway): State<Gateway>) -> Response {
     let healthy = report.is_healthy();
     let mut response = report.into_http_response().map(Body::new);
     if !healthy {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            retry_after_value(retry_after(&gateway.breaker)),
+        );
     }
     response
+}
+
+/// When a client should try the ETL again: the rest of the breaker's open period
+/// (or of its half-open probes) when it knows one, else [`UNAVAILABLE_RETRY_AFTER`].
+pub fn retry_after(breaker: &Breaker) -> Duration {
+    // Seam: a forced-open breaker reports no time today (`retry_after: None`); once
+    // pulse-breaker gives that state a hint, it arrives here through the snapshot.
+    match breaker.snapshot().retry_after {
+        Some(left) if !left.is_zero() => left,
+        _ => UNAVAILABLE_RETRY_AFTER,
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1 (as `ApiError` writes it).
+fn retry_after_value(after: Duration) -> HeaderValue {
+    let secs = after
+        .as_secs()
+        .saturating_add(u64::from(after.subsec_nanos() > 0))
+        .max(1);
+    HeaderValue::from(secs)
 }
 
 async fn read_to_end(response: Response) -> Response {
@@ -361,14 +388,19 @@ async fn read_to_end(response: Response) -> Response {
     }
 }
 
-async fn retry_after_on_503(request: Request, next: Next) -> Response {
+async fn retry_after_on_503(
+    State(breaker): State<Breaker>,
+    request: Request,
+    next: Next,
+) -> Response {
     let mut response = next.run(request).await;
     if response.status() == StatusCode::SERVICE_UNAVAILABLE
         && !response.headers().contains_key(header::RETRY_AFTER)
     {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            retry_after_value(retry_after(&breaker)),
+        );
     }
     response
 }
