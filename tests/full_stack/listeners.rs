@@ -362,6 +362,10 @@ fn listener_flags_have_documented_defaults_and_refuse_zero() {
     assert_eq!(limits.idle_timeout, Duration::from_secs(60));
     assert_eq!(limits.tls_handshake_timeout, Duration::from_secs(10));
     assert_eq!(limits.max_connections, 512);
+    // HTTP/1.1 keep-alive ends at the header-read timer; the stack's own client pools
+    // (frontend → gateway → ETL) let go of idle connections before that.
+    assert_eq!(limits.keep_alive(), Duration::from_secs(10));
+    assert!(limits.pool_idle_timeout() < limits.keep_alive());
     let help = <Cli as clap::CommandFactory>::command()
         .render_long_help()
         .to_string();

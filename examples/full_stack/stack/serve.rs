@@ -83,6 +83,19 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// How long an idle HTTP/1.1 connection to a listener with these limits stays
+    /// open: the header-read timer runs while it waits, so the shorter of the two.
+    pub fn keep_alive(&self) -> Duration {
+        self.header_read_timeout.min(self.idle_timeout)
+    }
+
+    /// How long a client pool may keep an idle connection to a listener with these
+    /// limits: half its keep-alive, so the pool drops the connection before the
+    /// server closes it under a new request.
+    pub fn pool_idle_timeout(&self) -> Duration {
+        self.keep_alive() / 2
+    }
+
     /// The same limits with another shutdown grace period.
     #[must_use]
     pub const fn with_grace(mut self, grace: Duration) -> Self {

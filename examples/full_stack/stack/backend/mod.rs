@@ -183,9 +183,12 @@ pub async fn start(
                 .with_key(ring.clone())
                 .with_token(minter, INTERNAL_TOKEN_AUDIENCE),
         )
-        // Pooled HTTP/1 to the ETL; refuse fast (1 s connect) when it is down.
+        // Pooled HTTP/1 to the ETL; refuse fast (1 s connect) when it is down; drop
+        // idle connections before the ETL's keep-alive (same limits) ends them.
         .service(HttpTransport::new(
-            TransportConfig::new().with_connect_timeout(Some(Duration::from_secs(1))),
+            TransportConfig::new()
+                .with_connect_timeout(Some(Duration::from_secs(1)))
+                .with_idle_timeout(Some(options.limits().pool_idle_timeout())),
         ));
     let proxy_config = ProxyConfig::new(etl_url.parse().context("PULSE_ETL_URL")?)
         .map_err(|_| anyhow::anyhow!("PULSE_ETL_URL must be http://host:port"))?
