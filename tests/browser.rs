@@ -280,6 +280,8 @@ async fn the_dashboard_runs_a_job_live_and_respects_permissions() {
         "127.0.0.1:0",
         "--etl-addr",
         "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
         "--data-dir",
         dir.path().join("data").to_str().expect("utf-8"),
         // Slow enough pages that the bar visibly moves.

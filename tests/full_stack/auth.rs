@@ -214,10 +214,7 @@ async fn authentication_and_permissions() {
             health.body
         );
     }
-    let metrics = t
-        .call(Method::GET, &format!("{back}/metrics"), None, None, &[])
-        .await;
-    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    let text = t.metrics_text().await;
     assert!(text.contains("pulse_http_requests_total"), "{text}");
     assert!(text.contains("pulse_breaker_state"), "{text}");
     assert!(text.contains("pulse_cache_hits_total"), "{text}");

@@ -97,6 +97,8 @@ pub(crate) fn args(data_dir: &std::path::Path) -> Vec<String> {
         "127.0.0.1:0",
         "--etl-addr",
         "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
         "--data-dir",
         data_dir.to_str().expect("utf-8 temp path"),
         "--fixture-latency-ms",
@@ -132,6 +134,37 @@ pub(crate) async fn start_service(
         .await
         .expect("stack starts in time")
         .expect("stack starts")
+}
+
+/// [`args`] with the given flags' values replaced (or added): `("--breaker-open-ms", "3000")`.
+pub(crate) fn args_overriding(
+    data_dir: &std::path::Path,
+    overrides: &[(&str, &str)],
+) -> Vec<String> {
+    let mut args = args(data_dir);
+    for (flag, value) in overrides {
+        match args.iter().position(|arg| arg == flag) {
+            Some(at) => args[at + 1] = (*value).to_owned(),
+            None => args.extend([(*flag).to_owned(), (*value).to_owned()]),
+        }
+    }
+    args
+}
+
+/// The whole stack, on ephemeral ports, with some flags of [`args`] overridden.
+pub(crate) async fn start_overriding(overrides: &[(&str, &str)]) -> TestStack {
+    let _ = logs();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cli = Cli::try_parse_from_args(args_overriding(dir.path(), overrides));
+    let stack = tokio::time::timeout(DEADLINE, Stack::start(Service::All, cli.options))
+        .await
+        .expect("stack starts in time")
+        .expect("stack starts");
+    TestStack {
+        stack,
+        _dir: Some(dir),
+        http: client(),
+    }
 }
 
 pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
@@ -179,6 +212,20 @@ impl TestStack {
     }
     pub(crate) fn etl(&self) -> String {
         format!("http://{}", self.stack.options.etl_addr)
+    }
+    /// The gateway's metrics listener.
+    pub(crate) fn metrics(&self) -> String {
+        format!(
+            "http://{}",
+            self.stack.backend.as_ref().expect("backend").metrics.addr
+        )
+    }
+    /// The gateway's Prometheus text.
+    pub(crate) async fn metrics_text(&self) -> String {
+        let url = format!("{}/metrics", self.metrics());
+        let answer = self.call(Method::GET, &url, None, None, &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.body.as_str().unwrap_or_default().to_owned()
     }
 
     pub(crate) async fn call(

@@ -89,10 +89,7 @@ async fn an_etl_outage_opens_the_circuit_and_it_heals() {
     assert!(open.headers.contains_key("retry-after"));
     let breaker = t.stack.backend.as_ref().expect("backend").breaker.clone();
     assert_ne!(breaker.state(), pulse_breaker::State::Closed);
-    let metrics = t
-        .call(Method::GET, &format!("{back}/metrics"), None, None, &[])
-        .await;
-    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    let text = t.metrics_text().await;
     assert!(
         text.contains(r#"pulse_proxy_errors_total{kind="circuit_open"}"#),
         "{text}"

@@ -3,7 +3,7 @@
 use crate::harness::*;
 
 /// GET `path` over HTTPS, trusting only `cert`; the status line and body.
-async fn https_get(
+pub(crate) async fn https_get(
     addr: std::net::SocketAddr,
     cert: &std::path::Path,
     path: &str,

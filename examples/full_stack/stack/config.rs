@@ -10,6 +10,8 @@ use anyhow::{Context, bail};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use rand::RngCore;
 
+use super::serve::{self, Limits};
+
 /// Pulse full stack: dashboard (frontend), API gateway (backend) and ETL job service.
 // No `Debug`: the options hold secrets, and nothing should ever print them.
 #[derive(Clone, Parser)]
@@ -38,7 +40,7 @@ pub enum Service {
     All,
     /// The dashboard: static assets; /api/*, /ws/* and /health forwarded to the backend.
     Frontend,
-    /// The API gateway: login, JWT, RBAC, the /api/etl/* proxy, /ws/job-status, /health, /metrics.
+    /// The API gateway: login, JWT, RBAC, the /api/etl/* proxy, /ws/job-status, /health; /metrics on its own listener.
     Backend,
     /// The internal ETL job service: job engine, store and its API behind internal auth.
     Etl,
@@ -66,6 +68,9 @@ pub struct Options {
     /// Where the ETL service listens.
     #[arg(long, env = "PULSE_ETL_ADDR", default_value = "127.0.0.1:8001")]
     pub etl_addr: SocketAddr,
+    /// Where the gateway serves Prometheus metrics (`GET /metrics`); keep it private.
+    #[arg(long, env = "PULSE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
     /// The gateway's URL as the frontend reaches it [default: from --backend-addr].
     #[arg(long, env = "PULSE_BACKEND_URL")]
     pub backend_url: Option<String>,
@@ -150,6 +155,46 @@ pub struct Options {
     /// Longest wait for in-flight requests at shutdown, in milliseconds.
     #[arg(long, env = "PULSE_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+    /// Every listener: longest wait for a complete request head, and for a new
+    /// connection's first request, in milliseconds (slowloris).
+    #[arg(
+        long,
+        env = "PULSE_HEADER_READ_TIMEOUT_MS",
+        default_value_t = millis(serve::DEFAULT_HEADER_READ_TIMEOUT),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub header_read_timeout_ms: u64,
+    /// Every listener: close a connection with no request in flight for this long, in
+    /// milliseconds (HTTP/1.1 keep-alive also ends at the header-read timeout).
+    #[arg(
+        long,
+        env = "PULSE_IDLE_TIMEOUT_MS",
+        default_value_t = millis(serve::DEFAULT_IDLE_TIMEOUT),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub idle_timeout_ms: u64,
+    /// Every TLS listener: longest TLS handshake, in milliseconds.
+    #[arg(
+        long,
+        env = "PULSE_TLS_HANDSHAKE_TIMEOUT_MS",
+        default_value_t = millis(serve::DEFAULT_TLS_HANDSHAKE_TIMEOUT),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub tls_handshake_timeout_ms: u64,
+    /// Every listener: most connections open at once; beyond it new ones wait in the
+    /// kernel's backlog until one closes. Keep the sum below the open-file limit.
+    #[arg(
+        long,
+        env = "PULSE_MAX_CONNECTIONS",
+        default_value_t = serve::DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_connections: u32,
+}
+
+/// `duration` in whole milliseconds (for the flags' defaults).
+const fn millis(duration: Duration) -> u64 {
+    duration.as_secs() * 1000 + duration.subsec_millis() as u64
 }
 
 impl Options {
@@ -161,6 +206,17 @@ impl Options {
     /// The shutdown grace period.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// The limits of every listener.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            tls_handshake_timeout: Duration::from_millis(self.tls_handshake_timeout_ms),
+            max_connections: self.max_connections,
+            grace: self.shutdown_grace(),
+        }
     }
 
     /// The scheme the backend and the frontend serve.

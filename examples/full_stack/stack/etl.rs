@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::http::{HeaderValue, header};
 use pulse_core::internal_auth::{InternalAuthLayer, InternalTokenVerifier, KeyRing};
 use pulse_core::jwt::VerificationKey;
 use pulse_core::request_id::RequestIdLayer;
@@ -14,6 +15,7 @@ use pulse_etl::{
     EngineConfig, JobEngine, JobRegistry, JobStore, PgStore, PgStoreOptions, SqliteStore,
 };
 use tokio::net::TcpListener;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -75,11 +77,16 @@ pub async fn start(
         .into_router();
     let router = Router::new()
         .merge(api)
+        // API answers are JSON or event streams: no browser may sniff them into HTML.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         // Inside the correlation id: one log line per request, with its span fields.
         .layer(TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)))
         // Outermost: accept the gateway's X-Request-ID, so both services log one id.
         .layer(RequestIdLayer::new());
-    let server = serve("etl", listener, router, None, options.shutdown_grace())?;
+    let server = serve("etl", listener, router, None, options.limits())?;
     Ok(EtlService {
         server,
         engine,
@@ -145,7 +152,7 @@ async fn seed_jobs(options: &Options) -> anyhow::Result<(SeedJobsConfig, Option<
             listener,
             router,
             None,
-            Duration::from_millis(200),
+            options.limits().with_grace(Duration::from_millis(200)),
         )?)
     } else {
         None

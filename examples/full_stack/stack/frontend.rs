@@ -45,11 +45,19 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// The frontend's router, forwarding to `backend_url`.
-pub fn router(backend_url: &str, tls: rustls::ClientConfig) -> anyhow::Result<Router> {
-    // Refuse fast (1 s connect) when the backend is down; TLS when its URL is https.
+/// The frontend's router, forwarding to `backend_url`; pooled connections to it are
+/// dropped after `pool_idle`.
+pub fn router(
+    backend_url: &str,
+    tls: rustls::ClientConfig,
+    pool_idle: Duration,
+) -> anyhow::Result<Router> {
+    // Refuse fast (1 s connect) when the backend is down; TLS when its URL is https;
+    // drop idle connections before the backend's keep-alive ends them.
     let transport = HttpTransport::https(
-        TransportConfig::new().with_connect_timeout(Some(Duration::from_secs(1))),
+        TransportConfig::new()
+            .with_connect_timeout(Some(Duration::from_secs(1)))
+            .with_idle_timeout(Some(pool_idle)),
         tls,
     );
     let config = ProxyConfig::new(backend_url.parse().context("PULSE_BACKEND_URL")?)
@@ -135,12 +143,11 @@ pub fn start(
     trusted_cert: Option<&std::path::Path>,
 ) -> anyhow::Result<Running> {
     let client = super::tls::client_config(trusted_cert)?;
-    let router = router(&options.backend_url(), client)?;
-    Ok(serve(
-        "frontend",
-        listener,
-        router,
-        tls,
-        options.shutdown_grace(),
-    )?)
+    // The backend is a Pulse listener: it runs with the same limits.
+    let router = router(
+        &options.backend_url(),
+        client,
+        options.limits().pool_idle_timeout(),
+    )?;
+    Ok(serve("frontend", listener, router, tls, options.limits())?)
 }

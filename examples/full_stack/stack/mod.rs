@@ -67,8 +67,11 @@ impl Stack {
         } else {
             None
         };
-        let backend_listener = if runs(Service::Backend) {
-            Some(bind(&mut options.backend_addr, "backend").await?)
+        let backend_listeners = if runs(Service::Backend) {
+            Some((
+                bind(&mut options.backend_addr, "backend").await?,
+                bind(&mut options.metrics_addr, "metrics").await?,
+            ))
         } else {
             None
         };
@@ -82,9 +85,9 @@ impl Stack {
             Some(listener) => Some(etl::start(&options, &secrets, listener).await?),
             None => None,
         };
-        let backend = match backend_listener {
-            Some(listener) => {
-                Some(backend::start(&options, &secrets, listener, acceptor.clone()).await?)
+        let backend = match backend_listeners {
+            Some((listener, metrics)) => {
+                Some(backend::start(&options, &secrets, listener, metrics, acceptor.clone()).await?)
             }
             None => None,
         };
@@ -151,7 +154,11 @@ impl Stack {
         if let Some(backend) = &self.backend {
             let addr = config::connectable(backend.server.addr);
             lines.push(format!(
-                "  gateway          {scheme}://{addr}  (/api, /ws/job-status, /health, /metrics)"
+                "  gateway          {scheme}://{addr}  (/api, /ws/job-status, /health)"
+            ));
+            lines.push(format!(
+                "  metrics          http://{}/metrics  (Prometheus; keep it private)",
+                config::connectable(backend.metrics.addr)
             ));
         }
         if let Some(etl) = &self.etl {

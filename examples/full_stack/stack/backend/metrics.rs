@@ -1,27 +1,39 @@
 //! Gateway metrics: requests by route and status, latency histograms, proxy errors by
-//! kind, breaker state and cache counters, rendered as Prometheus text at `/metrics`.
+//! kind, breaker state, cache counters, open connections and the runtime's tasks,
+//! rendered as Prometheus text at `/metrics` on the metrics listener.
+//!
+//! Every label set is bounded whatever clients send: the route is the pattern axum
+//! matched (`unmatched` for none), the method one of the standard ones or `other`.
 
 use std::time::Instant;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use pulse_breaker::State as BreakerState;
 use pulse_proxy::ProxyError;
 
 use super::Gateway;
 
+/// The route label of a request no route matched.
+pub const UNMATCHED: &str = "unmatched";
+/// The method label of a non-standard method.
+pub const OTHER_METHOD: &str = "other";
+
 /// Record one request: `pulse_http_requests_total{route,method,status}` and
 /// `pulse_http_request_duration_seconds{route,method}`; proxy failures also count in
-/// `pulse_proxy_errors_total{kind}`.
+/// `pulse_proxy_errors_total{kind}`. Layer it with `Router::layer`, so that it runs
+/// after routing and sees the [`MatchedPath`].
 pub async fn record(request: Request, next: Next) -> Response {
-    let route = route_label(request.uri().path());
-    let method = request.method().as_str().to_owned();
+    let route = route_label(request.extensions().get::<MatchedPath>());
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("pulse_http_requests_total", "route" => route, "method" => method.clone(), "status" => status)
+    metrics::counter!("pulse_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
     metrics::histogram!("pulse_http_request_duration_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
@@ -32,26 +44,25 @@ pub async fn record(request: Request, next: Next) -> Response {
     response
 }
 
-/// A low-cardinality route name for a path.
-pub fn route_label(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["api", "auth", "login"] => "/api/auth/login",
-        ["api", "auth", "me"] => "/api/auth/me",
-        ["api", "etl", "jobs"] => "/api/etl/jobs",
-        ["api", "etl", "jobs", "status"] => "/api/etl/jobs/status",
-        ["api", "etl", "jobs", "start"] => "/api/etl/jobs/start",
-        ["api", "etl", "jobs", _, "start"] => "/api/etl/jobs/{name}/start",
-        ["api", "etl", "jobs", _, "runs"] => "/api/etl/jobs/{name}/runs",
-        ["api", "etl", "runs", _] => "/api/etl/runs/{id}",
-        ["api", "etl", "runs", _, "cancel"] => "/api/etl/runs/{id}/cancel",
-        ["api", "etl", "runs", _, "logs"] => "/api/etl/runs/{id}/logs",
-        ["api", "etl", "events"] => "/api/etl/events",
-        ["api", "etl", ..] => "/api/etl/other",
-        ["ws", "job-status"] => "/ws/job-status",
-        ["health"] => "/health",
-        ["metrics"] => "/metrics",
-        _ => "other",
+/// The route pattern axum matched (e.g. `/api/etl/{*path}`), or [`UNMATCHED`].
+pub fn route_label(matched: Option<&MatchedPath>) -> String {
+    matched.map_or(UNMATCHED, MatchedPath::as_str).to_owned()
+}
+
+/// The method, when it is one of the standard ones (RFC 9110, and PATCH), else
+/// [`OTHER_METHOD`]: a client cannot create series by making methods up.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => OTHER_METHOD,
     }
 }
 
@@ -70,6 +81,14 @@ fn proxy_error_kind(error: &ProxyError) -> &'static str {
         ProxyError::UpgradeFailed => "upgrade_failed",
         _ => "other",
     }
+}
+
+/// The metrics listener's router: `GET /metrics`, and the JSON 404 elsewhere.
+pub fn router(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/metrics", get(render))
+        .with_state(gateway)
+        .fallback(super::not_found)
 }
 
 /// `GET /metrics`: Prometheus text.
@@ -94,6 +113,11 @@ pub async fn render(State(gateway): State<Gateway>) -> Response {
     } else {
         0.0
     });
+    metrics::gauge!("pulse_runtime_alive_tasks").set(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks() as f64,
+    );
     let body = super::super::telemetry::prometheus().render();
     let mut response = body.into_response();
     response.headers_mut().insert(

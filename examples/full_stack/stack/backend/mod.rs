@@ -1,5 +1,6 @@
 //! The backend (API gateway): login, JWT, the RBAC-checked `/api/etl/*` proxy with
-//! breaker and cache, `/ws/job-status`, `/health` and `/metrics`.
+//! breaker and cache, `/ws/job-status` and `/health` on the public listener; `/metrics`
+//! on its own (private) listener.
 
 pub mod auth;
 pub mod metrics;
@@ -33,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -48,6 +50,9 @@ pub const TOKEN_ISSUER: &str = "pulse-gateway";
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// How long `/api/etl/jobs/status` answers are cached.
 pub const STATUS_CACHE_TTL: Duration = Duration::from_secs(1);
+/// `Retry-After` of a 503 when the breaker knows no better (its circuit is closed, so
+/// the failure was just counted): try again soon, the next answer is fast either way.
+pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What the gateway's handlers share.
 #[derive(Clone)]
@@ -68,6 +73,8 @@ pub struct Gateway {
 pub struct BackendService {
     /// The server.
     pub server: Running,
+    /// The metrics server (`GET /metrics`, Prometheus text).
+    pub metrics: Running,
     /// The circuit breaker in front of the ETL service (the tests watch its state).
     #[allow(dead_code)]
     pub breaker: Breaker,
@@ -78,6 +85,7 @@ impl BackendService {
     /// Stop: in-flight requests finish, then the upstream subscription closes.
     pub async fn stop(self) {
         self.server.stop().await;
+        self.metrics.stop().await;
         let _ = self.stop_hub.send(true);
     }
 }
@@ -118,11 +126,12 @@ pub fn rule_table() -> anyhow::Result<RuleTable> {
         .context("gateway rule table")
 }
 
-/// Start the gateway on `listener`.
+/// Start the gateway on `listener`, its metrics on `metrics_listener`.
 pub async fn start(
     options: &Options,
     secrets: &Secrets,
     listener: TcpListener,
+    metrics_listener: TcpListener,
     tls: Option<TlsAcceptor>,
 ) -> anyhow::Result<BackendService> {
     // The Prometheus recorder, installed once per process.
@@ -174,9 +183,12 @@ pub async fn start(
                 .with_key(ring.clone())
                 .with_token(minter, INTERNAL_TOKEN_AUDIENCE),
         )
-        // Pooled HTTP/1 to the ETL; refuse fast (1 s connect) when it is down.
+        // Pooled HTTP/1 to the ETL; refuse fast (1 s connect) when it is down; drop
+        // idle connections before the ETL's keep-alive (same limits) ends them.
         .service(HttpTransport::new(
-            TransportConfig::new().with_connect_timeout(Some(Duration::from_secs(1))),
+            TransportConfig::new()
+                .with_connect_timeout(Some(Duration::from_secs(1)))
+                .with_idle_timeout(Some(options.limits().pool_idle_timeout())),
         ));
     let proxy_config = ProxyConfig::new(etl_url.parse().context("PULSE_ETL_URL")?)
         .map_err(|_| anyhow::anyhow!("PULSE_ETL_URL must be http://host:port"))?
@@ -202,8 +214,8 @@ pub async fn start(
     };
 
     // `/api/etl/*`. Each `.layer` wraps the ones before it, so a request meets them
-    // bottom-up: JWT → RBAC → metrics → [status cache] → Proxy (the correlation id and
-    // trace wrap the whole router below).
+    // bottom-up: JWT → RBAC → [status cache] → Proxy (the correlation id, trace and
+    // metrics wrap the whole router below).
     let etl_routes = Router::new()
         .route_service(
             "/api/etl/jobs/status",
@@ -218,8 +230,6 @@ pub async fn start(
             "/api/etl/{*path}",
             proxy.map_response(IntoResponse::into_response),
         )
-        // Innermost: count every answer that reached the proxy, by route, status and error kind.
-        .layer(middleware::from_fn(metrics::record))
         // Deny by default: etl.access for anything, etl.jobs.run to start or cancel.
         .layer(AuthorizeLayer::new(rule_table()?))
         // Everything under /api/etl needs a valid user token (401 + WWW-Authenticate
@@ -236,24 +246,46 @@ pub async fn start(
         )
         .route("/ws/job-status", any(ws::job_status))
         .route("/health", get(health))
-        .route("/metrics", get(metrics::render))
-        .with_state(gateway)
-        .layer(middleware::from_fn(metrics::record));
+        .with_state(gateway.clone());
 
     let router = Router::new()
         .merge(public)
         .merge(etl_routes)
+        // `/metrics` included: it is served on its own listener only.
         .fallback(not_found)
-        // Retry-After on every 503 without one, so clients back off.
-        .layer(middleware::from_fn(retry_after_on_503))
+        // A known route asked with another method (made-up ones included): JSON 405.
+        .method_not_allowed_fallback(method_not_allowed)
+        // Every answer, by matched route, method and status (401s, 403s and 404s
+        // included); `Router::layer` wraps each route, so the matched route is known.
+        .layer(middleware::from_fn(metrics::record))
+        // API answers are JSON: no browser may sniff them into HTML.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        // Retry-After on every 503 without one, from the breaker, so clients back off.
+        .layer(middleware::from_fn_with_state(
+            breaker.clone(),
+            retry_after_on_503,
+        ))
         // One log line per request, inside the request span (request_id, user_id).
         .layer(TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)))
         // Outermost, edge mode: the gateway chooses the id; a client's is logged as client_request_id.
         .layer(RequestIdLayer::edge());
 
-    let server = serve("backend", listener, router, tls, options.shutdown_grace())?;
+    let server = serve("backend", listener, router, tls, options.limits())?;
+    // Prometheus convention: metrics on their own port, loopback by default, so the
+    // public port does not tell strangers about the traffic and the upstream's state.
+    let metrics = serve(
+        "metrics",
+        metrics_listener,
+        metrics::router(gateway),
+        None,
+        options.limits(),
+    )?;
     Ok(BackendService {
         server,
+        metrics,
         breaker,
         stop_hub,
     })
@@ -315,11 +347,32 @@ async fn health(State(gateway): State<Gateway>) -> Response {
     let healthy = report.is_healthy();
     let mut response = report.into_http_response().map(Body::new);
     if !healthy {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            retry_after_value(retry_after(&gateway.breaker)),
+        );
     }
     response
+}
+
+/// When a client should try the ETL again: the rest of the breaker's open period
+/// (or of its half-open probes) when it knows one, else [`UNAVAILABLE_RETRY_AFTER`].
+pub fn retry_after(breaker: &Breaker) -> Duration {
+    // Seam: a forced-open breaker reports no time today (`retry_after: None`); once
+    // pulse-breaker gives that state a hint, it arrives here through the snapshot.
+    match breaker.snapshot().retry_after {
+        Some(left) if !left.is_zero() => left,
+        _ => UNAVAILABLE_RETRY_AFTER,
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1 (as `ApiError` writes it).
+fn retry_after_value(after: Duration) -> HeaderValue {
+    let secs = after
+        .as_secs()
+        .saturating_add(u64::from(after.subsec_nanos() > 0))
+        .max(1);
+    HeaderValue::from(secs)
 }
 
 async fn read_to_end(response: Response) -> Response {
@@ -338,19 +391,35 @@ async fn read_to_end(response: Response) -> Response {
     }
 }
 
-async fn retry_after_on_503(request: Request, next: Next) -> Response {
+async fn retry_after_on_503(
+    State(breaker): State<Breaker>,
+    request: Request,
+    next: Next,
+) -> Response {
     let mut response = next.run(request).await;
     if response.status() == StatusCode::SERVICE_UNAVAILABLE
         && !response.headers().contains_key(header::RETRY_AFTER)
     {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            retry_after_value(retry_after(&breaker)),
+        );
     }
     response
 }
 
-async fn not_found() -> Response {
+/// The JSON 405 of a known route asked with a method it does not serve (axum adds `Allow`).
+async fn method_not_allowed() -> Response {
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed for this route",
+        RequestId::current().map(|id| id.to_string()),
+    )
+}
+
+/// The JSON 404 of every unknown route.
+pub async fn not_found() -> Response {
     json_error(
         StatusCode::NOT_FOUND,
         "not_found",
