@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -13,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tower::Layer;
 use tracing::Instrument;
 
 /// Drive one connection; on stop ask it to finish gracefully, and drop it after `grace`.
@@ -65,7 +67,6 @@ pub fn serve(
     let span = tracing::info_span!("service", service = name);
     let task = tokio::spawn(
         async move {
-            let service = TowerToHyperService::new(router);
             let builder = Arc::new(Builder::new(TokioExecutor::new()));
             let mut connections = JoinSet::new();
             loop {
@@ -81,7 +82,9 @@ pub fn serve(
                     _ = stopped.changed() => break,
                 };
                 let _ = stream.set_nodelay(true);
-                let service = service.clone();
+                // Handlers (the login throttle) and proxies read the peer as axum's ConnectInfo.
+                let service =
+                    TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(router.clone()));
                 let builder = Arc::clone(&builder);
                 let tls = tls.clone();
                 let mut stop = stopped.clone();
