@@ -15,6 +15,7 @@ mod auth;
 mod deployment;
 mod frontend;
 mod jobs;
+mod login;
 mod outage;
 mod postgres;
 mod tls;

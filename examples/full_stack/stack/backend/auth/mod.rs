@@ -1,31 +1,48 @@
-//! Users, Argon2id password checks, per-account throttling, token issuing:
+//! Users, Argon2id password checks on a bounded pool, login throttling, token issuing:
 //! `POST /api/auth/login` and `GET /api/auth/me`.
+//!
+//! A login is bounded everywhere an anonymous client could make it grow: the body (4 KiB),
+//! the e-mail (254 bytes), the password (1 KiB), the throttle's memory (fixed-size
+//! keys, capped entries, [`throttle`]) and the memory and threads of concurrent hashes
+//! ([`hasher`]). Failures are throttled per (account, client address) and per client
+//! address, never per account alone, so a stranger cannot lock a real user out.
+
+pub mod client_addr;
+pub mod hasher;
+pub mod throttle;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use pulse_core::error::{ApiError, ErrorCode};
 use pulse_core::jwt::TokenIssuer;
 use pulse_core::request_id::RequestId;
 use pulse_core::{Identity, RoleMap};
 use serde::Deserialize;
 use serde_json::json;
 
-/// Failures of one account allowed within [`FAILURE_WINDOW`] before it is throttled.
-pub const MAX_FAILURES: u32 = 5;
-/// The window failures are counted in.
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
-/// The first lock-out; each further failure while throttled doubles it, up to 15 min.
-pub const FIRST_LOCKOUT: Duration = Duration::from_secs(30);
-/// Accounts tracked at most (older entries are dropped first).
-const MAX_TRACKED: usize = 10_000;
+use self::client_addr::ClientAddrResolver;
+use self::hasher::{HashingPool, Overloaded};
+use self::throttle::{Admission, LoginThrottle};
+
+/// The largest login body read; larger ones are answered 413.
+pub const LOGIN_BODY_LIMIT: usize = 4 * 1024;
+/// The longest e-mail accepted (RFC 5321's path limit), after trimming.
+pub const MAX_EMAIL_BYTES: usize = 254;
+/// The longest password accepted.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// What a login refused by a full hashing pool is told to wait.
+pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// A user of the demo directory.
 #[derive(Debug, Clone)]
@@ -47,24 +64,21 @@ pub struct Auth {
     argon2: Argon2<'static>,
     roles: RoleMap,
     issuer: TokenIssuer,
-    throttle: Mutex<HashMap<String, Attempts>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Attempts {
-    failures: u32,
-    first: Instant,
-    locked_until: Option<Instant>,
-    lockout: Duration,
+    pool: HashingPool,
+    throttle: LoginThrottle,
+    clients: ClientAddrResolver,
 }
 
 impl Auth {
-    /// An empty directory hashing with these Argon2id costs.
+    /// An empty directory hashing with these Argon2id costs on `pool`, throttling
+    /// failures with `throttle` by the client `clients` resolves.
     pub fn new(
         issuer: TokenIssuer,
         roles: RoleMap,
-        memory_kib: u32,
-        iterations: u32,
+        (memory_kib, iterations): (u32, u32),
+        pool: HashingPool,
+        throttle: LoginThrottle,
+        clients: ClientAddrResolver,
     ) -> anyhow::Result<Self> {
         let params = Params::new(memory_kib, iterations, 1, None)
             .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
@@ -75,7 +89,9 @@ impl Auth {
             argon2,
             roles,
             issuer,
-            throttle: Mutex::new(HashMap::new()),
+            pool,
+            throttle,
+            clients,
         };
         // Unknown users are checked against this, so they cost the same time.
         auth.dummy_hash = auth.hash(&super::super::config::random_hex(16))?;
@@ -123,55 +139,75 @@ impl Auth {
         identity
     }
 
-    fn verify(&self, hash: &str, password: &str) -> bool {
-        PasswordHash::new(hash)
-            .map(|parsed| {
-                self.argon2
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    }
-
-    /// `Some(retry_after)` when `account` is throttled now.
-    fn throttled(&self, account: &str, now: Instant) -> Option<Duration> {
-        let map = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
-        let locked_until = map.get(account)?.locked_until?;
-        (locked_until > now).then(|| locked_until - now)
-    }
-
-    fn record_failure(&self, account: &str, now: Instant) {
-        let mut map = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_TRACKED && !map.contains_key(account) {
-            map.retain(|_, a| now.duration_since(a.first) < FAILURE_WINDOW);
-            if map.len() >= MAX_TRACKED {
-                map.clear();
+    /// Check the credentials of `body` from `client`: a token answer, or the error.
+    async fn sign_in(
+        &self,
+        client: IpAddr,
+        body: Result<Json<LoginBody>, JsonRejection>,
+    ) -> Result<Response, ApiError> {
+        let Json(body) = body.map_err(rejected)?;
+        if let Some(error) = body.invalid() {
+            return Err(error);
+        }
+        let account = body.account();
+        let keys = self.throttle.keys(&account, client);
+        match self.throttle.admit(&keys).await {
+            Admission::Proceed => {}
+            Admission::Delay(wait) => {
+                tracing::info!(%client, "login slowed: many recent failures on this account");
+                tokio::time::sleep(wait).await;
+            }
+            Admission::Refuse(wait) => {
+                tracing::warn!(%client, "login throttled");
+                return Err(ApiError::too_many_requests(wait)
+                    .with_message("Too many failed logins; try again later"));
             }
         }
-        let entry = map.entry(account.to_owned()).or_insert(Attempts {
-            failures: 0,
-            first: now,
-            locked_until: None,
-            lockout: FIRST_LOCKOUT,
-        });
-        if now.duration_since(entry.first) > FAILURE_WINDOW {
-            *entry = Attempts {
-                failures: 0,
-                first: now,
-                locked_until: None,
-                lockout: FIRST_LOCKOUT,
-            };
-        }
-        entry.failures += 1;
-        if entry.failures >= MAX_FAILURES {
-            entry.locked_until = Some(now + entry.lockout);
-            entry.lockout = (entry.lockout * 2).min(Duration::from_secs(15 * 60));
-        }
-    }
-
-    fn record_success(&self, account: &str) {
-        let mut map = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(account);
+        // Same work for unknown users: verify against a dummy hash, on the same pool.
+        let user = self.users.get(&account);
+        let hash = user.map_or(&self.dummy_hash, |u| &u.password_hash);
+        let matches = match self
+            .pool
+            .verify(&self.argon2, hash.clone(), body.password)
+            .await
+        {
+            Ok(Some(matches)) => matches,
+            Ok(None) => {
+                tracing::error!("a password check failed");
+                return Err(ApiError::internal());
+            }
+            Err(Overloaded) => {
+                tracing::warn!(%client, "login refused: the password-hashing pool is full");
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::new("overloaded"),
+                    "Too many sign-ins at once; try again in a moment",
+                )
+                .with_retry_after(OVERLOADED_RETRY_AFTER));
+            }
+        };
+        let Some(user) = user.filter(|_| matches) else {
+            self.throttle.record_failure(&keys).await;
+            tracing::info!(%client, "login refused");
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::new("invalid_credentials"),
+                "Invalid email or password",
+            ));
+        };
+        self.throttle.record_success(&keys).await;
+        let identity = self.identity_of(user);
+        pulse_core::request_id::record_user_id(&identity.subject);
+        let token = self.issuer.issue(&identity).map_err(|err| {
+            tracing::error!(error = %err, "issuing a token failed");
+            ApiError::internal().with_message("Could not issue a token")
+        })?;
+        tracing::info!("login succeeded");
+        let mut response = Json(token).into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(response)
     }
 }
 
@@ -182,78 +218,68 @@ pub struct LoginBody {
     password: String,
 }
 
-/// `POST /api/auth/login`.
+impl LoginBody {
+    /// Why the fields cannot be checked, if they cannot: a field past its limit, or empty.
+    fn invalid(&self) -> Option<ApiError> {
+        let email = self.email.trim();
+        if email.len() > MAX_EMAIL_BYTES {
+            return Some(ApiError::unprocessable(format!(
+                "The e-mail may be at most {MAX_EMAIL_BYTES} bytes"
+            )));
+        }
+        if self.password.len() > MAX_PASSWORD_BYTES {
+            return Some(ApiError::unprocessable(format!(
+                "The password may be at most {MAX_PASSWORD_BYTES} bytes"
+            )));
+        }
+        if email.is_empty() || self.password.is_empty() {
+            return Some(ApiError::unprocessable("E-mail and password are required"));
+        }
+        None
+    }
+
+    /// The account the e-mail names: trimmed and lower-cased, as users are stored.
+    fn account(&self) -> String {
+        self.email.trim().to_ascii_lowercase()
+    }
+}
+
+/// axum answers its own rejections in plain text; these are the JSON ones.
+fn rejected(rejection: JsonRejection) -> ApiError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large().with_message(format!(
+            "The login body may be at most {LOGIN_BODY_LIMIT} bytes"
+        )),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::new("unsupported_media_type"),
+            "Expected Content-Type: application/json",
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY => {
+            ApiError::unprocessable("Expected JSON {\"email\": string, \"password\": string}")
+        }
+        _ => ApiError::bad_request("Expected JSON {\"email\", \"password\"}"),
+    }
+}
+
+/// `POST /api/auth/login` (mount it with a `DefaultBodyLimit` of [`LOGIN_BODY_LIMIT`]).
 pub async fn login(
     State(auth): State<Arc<Auth>>,
-    request_id: Option<axum::Extension<RequestId>>,
-    body: Result<Json<LoginBody>, axum::extract::rejection::JsonRejection>,
+    request_id: Option<Extension<RequestId>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Result<Json<LoginBody>, JsonRejection>,
 ) -> Response {
-    let request_id = request_id.map(|axum::Extension(id)| id.to_string());
-    let Ok(Json(body)) = body else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "Expected JSON {\"email\", \"password\"}",
-            request_id,
-        );
-    };
-    let account = body.email.trim().to_ascii_lowercase();
-    let now = Instant::now();
-    if let Some(wait) = auth.throttled(&account, now) {
-        tracing::warn!("login throttled");
-        let mut response = json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "Too many failed logins; try again later",
-            request_id,
-        );
-        let secs = wait.as_secs().max(1);
-        if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
+    let client = auth
+        .clients
+        .resolve(&headers, peer.map(|Extension(ConnectInfo(addr))| addr));
+    match auth.sign_in(client, body).await {
+        Ok(response) => response,
+        Err(error) => match request_id {
+            Some(Extension(id)) => error.with_request_id(id.to_string()),
+            None => error,
         }
-        return response;
-    }
-    // Same work for unknown users: verify against a dummy hash.
-    let user = auth.users.get(&account).cloned();
-    let hash = user
-        .as_ref()
-        .map_or_else(|| auth.dummy_hash.clone(), |u| u.password_hash.clone());
-    let checker = Arc::clone(&auth);
-    let password = body.password;
-    let matches = tokio::task::spawn_blocking(move || checker.verify(&hash, &password))
-        .await
-        .unwrap_or(false);
-    let Some(user) = user.filter(|_| matches) else {
-        auth.record_failure(&account, now);
-        tracing::info!("login refused");
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "Invalid email or password",
-            request_id,
-        );
-    };
-    auth.record_success(&account);
-    let identity = auth.identity_of(&user);
-    pulse_core::request_id::record_user_id(&identity.subject);
-    match auth.issuer.issue(&identity) {
-        Ok(token) => {
-            tracing::info!("login succeeded");
-            let mut response = Json(token).into_response();
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "issuing a token failed");
-            json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "Could not issue a token",
-                request_id,
-            )
-        }
+        .into_response(),
     }
 }
 
@@ -280,4 +306,108 @@ pub fn json_error(
         Json(json!({"error": message, "code": code, "request_id": request_id})),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::mpsc;
+
+    use pulse_core::internal_auth::KeyRing;
+    use pulse_core::jwt::SigningKey;
+
+    use super::throttle::{MemoryThrottleStore, ThrottleKeys, ThrottlePolicy};
+    use super::*;
+
+    const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+    fn auth(pool: HashingPool) -> Auth {
+        let issuer =
+            TokenIssuer::new(SigningKey::hmac("0123456789abcdef0123456789abcdef").unwrap());
+        let throttle = LoginThrottle::new(
+            ThrottlePolicy::default(),
+            ThrottleKeys::new(b"test"),
+            MemoryThrottleStore::default(),
+        );
+        let mut auth = Auth::new(
+            issuer,
+            RoleMap::new(),
+            (1024, 1),
+            pool,
+            throttle,
+            ClientAddrResolver::new(KeyRing::new()),
+        )
+        .unwrap();
+        auth.add_user("admin", "admin@pulse.local", "admin", &[])
+            .unwrap();
+        auth
+    }
+
+    fn body(email: &str, password: &str) -> Result<Json<LoginBody>, JsonRejection> {
+        Ok(Json(LoginBody {
+            email: email.to_owned(),
+            password: password.to_owned(),
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_hashing_pool_answers_503_at_once_for_known_and_unknown_users() {
+        let auth = auth(HashingPool::new(1, 0).unwrap());
+        let (release, wait) = mpsc::channel::<()>();
+        let busy = auth
+            .pool
+            .try_run(move || {
+                let _ = wait.recv();
+            })
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        for email in ["admin@pulse.local", "ghost@pulse.local"] {
+            let error = auth
+                .sign_in(CLIENT, body(email, "admin"))
+                .await
+                .unwrap_err();
+            assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(error.code().as_str(), "overloaded");
+            assert_eq!(error.headers()[header::RETRY_AFTER], "1");
+        }
+        // At once: no timer ran, not even under paused time's auto-advance.
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        release.send(()).unwrap();
+        busy.await;
+        // Refusals are not failures: the right password still works, and then a
+        // wrong one is an ordinary 401.
+        let token = auth
+            .sign_in(CLIENT, body("admin@pulse.local", "admin"))
+            .await;
+        assert_eq!(token.unwrap().status(), StatusCode::OK);
+        let error = auth
+            .sign_in(CLIENT, body("ghost@pulse.local", "admin"))
+            .await
+            .unwrap_err();
+        assert_eq!(error.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fields_past_their_limits_are_refused_before_any_hashing() {
+        // A pool with no room: anything that reached it would be a 503.
+        let auth = auth(HashingPool::new(1, 0).unwrap());
+        let (_release, wait) = mpsc::channel::<()>();
+        let _busy = auth.pool.try_run(move || {
+            let _ = wait.recv();
+        });
+        let long_email = "e".repeat(MAX_EMAIL_BYTES + 1);
+        let long_password = "p".repeat(MAX_PASSWORD_BYTES + 1);
+        for (email, password) in [
+            (long_email.as_str(), "x"),
+            ("admin@pulse.local", long_password.as_str()),
+            ("   ", "x"),
+            ("admin@pulse.local", ""),
+        ] {
+            let error = auth
+                .sign_in(CLIENT, body(email, password))
+                .await
+                .unwrap_err();
+            assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY, "{email}");
+        }
+    }
 }
