@@ -166,11 +166,7 @@ impl Auth {
         // Same work for unknown users: verify against a dummy hash, on the same pool.
         let user = self.users.get(&account);
         let hash = user.map_or(&self.dummy_hash, |u| &u.password_hash);
-        let matches = match self
-            .pool
-            .verify(&self.argon2, hash.clone(), body.password)
-            .await
-        {
+        let matches = match self.pool.verify(hash.clone(), body.password).await {
             Ok(Some(matches)) => matches,
             Ok(None) => {
                 tracing::error!("a password check failed");
