@@ -1,12 +1,12 @@
 //! The password-hashing pool: Argon2id verifications run on a few dedicated threads,
 //! with a short queue, and beyond it are refused at once.
 //!
-//! Each verification allocates its memory cost (19 MiB by default); run without a bound,
+//! Each verification needs its memory cost (19 MiB by default); run without a bound,
 //! 32 parallel logins took 600 MiB. Here at most `workers` hashes run at once (one per
 //! core by default) and at most `queue` more wait; a login past that is answered
-//! `503 overloaded` immediately, holding no memory and no thread. Dedicated threads
-//! (not tokio's blocking pool, which grows to hundreds of threads) also keep the
-//! allocator's per-thread arenas, and so the memory the hashes retain, to `workers`.
+//! `503 overloaded` immediately, holding no memory and no thread. Each thread keeps one
+//! Argon2 memory buffer and reuses it (see [`BLOCKS`]), so the pool's memory is about
+//! `workers` × the memory cost, for good, whatever the load.
 //!
 //! The pool checks PHC strings and knows nothing of where users live.
 
