@@ -309,3 +309,38 @@ impl TestStack {
         .expect("the run finishes before the deadline")
     }
 }
+
+// ------------------------------------------------------------------ clients by address
+
+/// An HTTP client whose connections leave from `ip` (any of 127.0.0.0/8 on Linux), so a
+/// test can act as several clients with distinct addresses.
+pub(crate) fn client_from(ip: [u8; 4]) -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(std::net::IpAddr::from(ip)));
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// Send `request` with `client` and read the whole answer (JSON when it parses).
+pub(crate) async fn exchange(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Answer {
+    let response = tokio::time::timeout(DEADLINE, client.request(request))
+        .await
+        .expect("answer in time")
+        .expect("HTTP exchange");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = tokio::time::timeout(DEADLINE, response.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}

@@ -17,6 +17,7 @@ mod frontend;
 mod headers;
 mod jobs;
 mod listeners;
+mod login;
 mod outage;
 mod postgres;
 mod prometheus;

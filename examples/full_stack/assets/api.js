@@ -247,6 +247,10 @@ export function describeError(err, ctx = {}) {
       return { title: "Bad gateway", text: "The ETL service gave an invalid answer. Try again in a moment." };
     case 503: {
       const retry = err.retryAfter != null ? `, retry in ${err.retryAfter} s` : "";
+      if (err.code === "overloaded") {
+        // Too many requests at once (e.g. sign-ins waiting for a password check): not the ETL's fault.
+        return { title: "Server busy", text: `The server is busy${retry || ", retry shortly"}.` };
+      }
       if (err.code === "circuit_open" || err.retryAfter != null) {
         return {
           title: "ETL service unavailable",

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use rand::RngCore;
 
+use super::backend::auth::hasher::HashingPool;
 use super::serve::{self, Limits};
 
 /// Pulse full stack: dashboard (frontend), API gateway (backend) and ETL job service.
@@ -152,6 +153,14 @@ pub struct Options {
         hide = true
     )]
     pub argon2_iterations: u32,
+    /// Password checks run at once at most (each takes the Argon2id memory cost)
+    /// [default: the number of cores].
+    #[arg(long, env = "PULSE_LOGIN_HASH_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub login_hash_workers: Option<u16>,
+    /// Logins that may wait for a password check; past them a login is answered
+    /// 503 at once [default: 4 per worker].
+    #[arg(long, env = "PULSE_LOGIN_HASH_QUEUE")]
+    pub login_hash_queue: Option<u16>,
     /// Longest wait for in-flight requests at shutdown, in milliseconds.
     #[arg(long, env = "PULSE_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
@@ -201,6 +210,17 @@ impl Options {
     /// Whether the demo users are seeded.
     pub fn demo_enabled(&self) -> bool {
         self.demo && !self.no_demo
+    }
+
+    /// The password-hashing pool's threads and queue.
+    pub fn login_hash_pool(&self) -> (usize, usize) {
+        let workers = self
+            .login_hash_workers
+            .map_or_else(HashingPool::default_workers, usize::from);
+        let queue = self
+            .login_hash_queue
+            .map_or_else(|| HashingPool::default_queue(workers), usize::from);
+        (workers, queue)
     }
 
     /// The shutdown grace period.

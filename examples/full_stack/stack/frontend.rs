@@ -1,25 +1,27 @@
 //! The frontend service: the dashboard's files, embedded in the binary, and the
 //! forwarding of `/api/*`, `/ws/*` (WebSocket upgrades) and `/health` to the backend.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use pulse_core::RequestIdLayer;
+use pulse_core::internal_auth::{InternalCredentialLayer, KeyRing};
 use pulse_proxy::transport::{HttpTransport, TransportConfig};
-use pulse_proxy::{Proxy, ProxyConfig};
+use pulse_proxy::{ClientAddr, Proxy, ProxyConfig};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
+use tower::{Layer, ServiceExt};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use super::config::Options;
+use super::config::{Options, Secrets};
 use super::serve::{Running, serve};
 
 /// The Content-Security-Policy of every answer.
@@ -45,20 +47,27 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// The frontend's router, forwarding to `backend_url`; pooled connections to it are
-/// dropped after `pool_idle`.
+/// The frontend's router, forwarding to `backend_url` and presenting the primary key of
+/// `ring` there, so that the gateway believes the client address it forwards; pooled
+/// connections to it are dropped after `pool_idle`.
 pub fn router(
     backend_url: &str,
     tls: rustls::ClientConfig,
+    ring: KeyRing,
     pool_idle: Duration,
 ) -> anyhow::Result<Router> {
-    // Refuse fast (1 s connect) when the backend is down; TLS when its URL is https;
-    // drop idle connections before the backend's keep-alive ends them.
-    let transport = HttpTransport::https(
-        TransportConfig::new()
-            .with_connect_timeout(Some(Duration::from_secs(1)))
-            .with_idle_timeout(Some(pool_idle)),
-        tls,
+    // The gateway throttles logins per client address: the key proves that this hop's
+    // X-Forwarded-For (the browser's address, written by the proxy after dropping any
+    // the browser sent) can be believed.
+    let transport = InternalCredentialLayer::new().with_key(ring).layer(
+        // Refuse fast (1 s connect) when the backend is down; TLS when its URL is https;
+        // drop idle connections before the backend's keep-alive ends them.
+        HttpTransport::https(
+            TransportConfig::new()
+                .with_connect_timeout(Some(Duration::from_secs(1)))
+                .with_idle_timeout(Some(pool_idle)),
+            tls,
+        ),
     );
     let config = ProxyConfig::new(backend_url.parse().context("PULSE_BACKEND_URL")?)
         .map_err(|_| anyhow::anyhow!("PULSE_BACKEND_URL must be http(s)://host:port"))?
@@ -104,12 +113,24 @@ pub fn router(
         .route_service("/health", proxy.clone())
         .route_service("/api/{*path}", proxy.clone())
         .route_service("/ws/{*path}", proxy)
+        // The proxy writes the browser's address into X-Forwarded-For from ClientAddr.
+        .route_layer(middleware::map_request(client_addr))
         .fallback(|| async { (StatusCode::NOT_FOUND, "Not found").into_response() })
         // Browser hardening on every answer, forwarded ones included.
         .layer(middleware::from_fn(security_headers))
         .layer(TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)))
         // The browser's edge: ids are ours; the gateway logs ours as its client_request_id.
         .layer(RequestIdLayer::edge()))
+}
+
+/// The connection's peer (axum's `ConnectInfo`, set by the server) as the proxy's
+/// [`ClientAddr`].
+async fn client_addr(mut request: Request) -> Request {
+    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        let peer = *peer;
+        request.extensions_mut().insert(ClientAddr(peer));
+    }
+    request
 }
 
 async fn security_headers(request: Request, next: Next) -> Response {
@@ -138,15 +159,18 @@ async fn security_headers(request: Request, next: Next) -> Response {
 /// it serves HTTPS.
 pub fn start(
     options: &Options,
+    secrets: &Secrets,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     trusted_cert: Option<&std::path::Path>,
 ) -> anyhow::Result<Running> {
     let client = super::tls::client_config(trusted_cert)?;
+    let ring = KeyRing::parse(&secrets.internal_keys).context("PULSE_INTERNAL_KEYS")?;
     // The backend is a Pulse listener: it runs with the same limits.
     let router = router(
         &options.backend_url(),
         client,
+        ring,
         options.limits().pool_idle_timeout(),
     )?;
     Ok(serve("frontend", listener, router, tls, options.limits())?)

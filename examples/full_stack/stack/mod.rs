@@ -94,6 +94,7 @@ impl Stack {
         let frontend = match frontend_listener {
             Some(listener) => Some(frontend::start(
                 &options,
+                &secrets,
                 listener,
                 acceptor,
                 tls_files.as_ref().map(|(cert, _)| cert.as_path()),

@@ -23,9 +23,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, header};
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -34,7 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
+use tower::{Layer, ServiceExt};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::Instrument;
 
@@ -265,7 +266,10 @@ async fn connection(
     limits: Limits,
 ) {
     let activity = Activity::default();
-    let service = TowerToHyperService::new(tracked(router, activity.clone()));
+    // Handlers (the login throttle) and proxies read the peer as axum's ConnectInfo.
+    let service = TowerToHyperService::new(
+        Extension(ConnectInfo(peer)).layer(tracked(router, activity.clone())),
+    );
     let idle = activity.idle(limits.header_read_timeout, limits.idle_timeout);
     match tls {
         Some(acceptor) => {

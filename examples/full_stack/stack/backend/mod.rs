@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +38,9 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use self::auth::client_addr::ClientAddrResolver;
+use self::auth::hasher::HashingPool;
+use self::auth::throttle::{LoginThrottle, MemoryThrottleStore, ThrottleKeys, ThrottlePolicy};
 use self::auth::{Auth, json_error};
 use self::ws::Hub;
 use super::config::{Options, Secrets};
@@ -146,11 +149,23 @@ pub async fn start(
         .with_issuer(TOKEN_ISSUER)
         .with_cache(VerifiedTokenCache::new(10_000));
 
+    let (workers, queue) = options.login_hash_pool();
+    let pool = HashingPool::new(workers, queue)?;
+    tracing::info!(workers, queue, "password-hashing pool");
+    let throttle = LoginThrottle::new(
+        ThrottlePolicy::default(),
+        // Keyed by the user-token secret, which every gateway of a deployment shares.
+        ThrottleKeys::new(secrets.jwt_secret.as_bytes()),
+        MemoryThrottleStore::default(),
+    );
     let mut users = Auth::new(
         issuer,
         roles(),
-        options.argon2_memory_kib,
-        options.argon2_iterations,
+        (options.argon2_memory_kib, options.argon2_iterations),
+        pool,
+        throttle,
+        // The frontend proves itself with the ring's key; then its X-Forwarded-For counts.
+        ClientAddrResolver::new(ring.clone()),
     )?;
     if options.demo_enabled() {
         users.add_user("admin", "admin@pulse.local", "admin", &["admin"])?;
@@ -237,7 +252,11 @@ pub async fn start(
         .layer(JwtAuthLayer::new(verifier.clone()));
 
     let public = Router::new()
-        .route("/api/auth/login", post(auth::login))
+        // A login body is small: refuse anything past 4 KiB before reading it.
+        .route(
+            "/api/auth/login",
+            post(auth::login).layer(DefaultBodyLimit::max(auth::LOGIN_BODY_LIMIT)),
+        )
         .with_state(Arc::clone(&users))
         .merge(
             Router::new()
