@@ -17,7 +17,7 @@ use pulse_core::{
         InternalAuthLayer, InternalCredentialLayer, InternalTokenMinter, InternalTokenVerifier,
         KeyRing, KeyRingError, X_INTERNAL_AUTH, X_INTERNAL_TOKEN,
     },
-    jwt::{SigningKey, TokenIssuer, VerificationKey},
+    jwt::{JwtVerifier, SigningKey, TokenError, TokenIssuer, USER_TOKEN_TYPE, VerificationKey},
 };
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt, service_fn};
@@ -373,6 +373,158 @@ async fn bad_internal_tokens_are_forbidden() {
         .await;
         assert_forbidden(&seen);
     }
+}
+
+// ---- token kinds: an internal token is only ever an internal token -------------------------
+
+/// An HS256 token signed with the internal secret, with exactly this `typ` and these claims.
+fn raw_internal(typ: Option<&str>, claims: &Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.typ = typ.map(str::to_owned);
+    let key = jsonwebtoken::EncodingKey::from_secret(TOKEN_SECRET).unwrap();
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// The claims the gateway's minter writes, for `patch` to change.
+fn internal_claims(patch: Value) -> Value {
+    let mut claims = json!({
+        "sub": "user-7",
+        "iss": "pulse-gateway",
+        "aud": "pulse-etl",
+        "iat": NOW,
+        "exp": NOW + 60,
+        "jti": "j-1",
+    });
+    for (k, v) in patch.as_object().unwrap() {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(k);
+        } else {
+            claims[k] = v.clone();
+        }
+    }
+    claims
+}
+
+#[test]
+fn internal_tokens_need_their_type_audience_iat_and_a_short_life() {
+    let verifier = token_verifier();
+    let internal = Some("pulse-internal+jwt");
+    // the reference token passes, so each refusal below is for its one change
+    assert!(
+        verifier
+            .verify(&raw_internal(internal, &internal_claims(json!({}))))
+            .is_ok()
+    );
+    for (token, reason) in [
+        // no iat
+        (
+            raw_internal(internal, &internal_claims(json!({"iat": null}))),
+            TokenError::MissingClaim("iat"),
+        ),
+        // iat in the future beyond the leeway
+        (
+            raw_internal(
+                internal,
+                &internal_claims(json!({"iat": NOW + 31, "exp": NOW + 60})),
+            ),
+            TokenError::IssuedInFuture,
+        ),
+        // living longer than the minter's tokens (60 s)
+        (
+            raw_internal(internal, &internal_claims(json!({"exp": NOW + 120}))),
+            TokenError::LifetimeTooLong,
+        ),
+        (
+            raw_internal(
+                internal,
+                &internal_claims(json!({"iat": NOW - 50, "exp": NOW + 50})),
+            ),
+            TokenError::LifetimeTooLong,
+        ),
+        // missing or other type
+        (
+            raw_internal(None, &internal_claims(json!({}))),
+            TokenError::WrongType,
+        ),
+        (
+            raw_internal(Some("JWT"), &internal_claims(json!({}))),
+            TokenError::WrongType,
+        ),
+        (
+            raw_internal(Some(USER_TOKEN_TYPE), &internal_claims(json!({}))),
+            TokenError::WrongType,
+        ),
+        // the user tokens' audience, or none
+        (
+            raw_internal(internal, &internal_claims(json!({"aud": "pulse-api"}))),
+            TokenError::WrongAudience,
+        ),
+        (
+            raw_internal(internal, &internal_claims(json!({"aud": null}))),
+            TokenError::MissingClaim("aud"),
+        ),
+    ] {
+        assert_eq!(verifier.verify(&token).unwrap_err(), reason);
+    }
+}
+
+#[test]
+fn user_and_internal_tokens_are_not_interchangeable_even_with_one_secret() {
+    // The gateway's two token kinds, carelessly signed with one secret.
+    let secret = TOKEN_SECRET;
+    let issuer = TokenIssuer::new(SigningKey::hmac(secret).unwrap())
+        .with_issuer("pulse-gateway")
+        .with_audience("pulse-api")
+        .with_lifetime(Duration::from_secs(3600))
+        .with_clock(now);
+    let user_verifier = JwtVerifier::new(VerificationKey::hmac(secret).unwrap())
+        .with_issuer("pulse-gateway")
+        .with_audience("pulse-api")
+        .with_required_type(USER_TOKEN_TYPE)
+        .with_max_lifetime(issuer.lifetime())
+        .with_clock(now);
+    // a user verifier at its defaults, as built before token kinds existed
+    let default_user_verifier = JwtVerifier::new(VerificationKey::hmac(secret).unwrap())
+        .with_issuer("pulse-gateway")
+        .with_audience("pulse-api")
+        .with_clock(now);
+    let internal_verifier = token_verifier();
+
+    let user_token = issuer.issue(&user()).unwrap().access_token;
+    assert!(user_verifier.verify(&user_token).is_ok());
+    assert!(default_user_verifier.verify(&user_token).is_ok());
+    assert_eq!(
+        internal_verifier.verify(&user_token).unwrap_err(),
+        TokenError::WrongType
+    );
+    // even addressed to the internal service
+    let user_token_for_etl = issuer
+        .clone()
+        .with_audience("pulse-etl")
+        .issue(&user())
+        .unwrap()
+        .access_token;
+    assert_eq!(
+        internal_verifier.verify(&user_token_for_etl).unwrap_err(),
+        TokenError::WrongType
+    );
+
+    let internal_token = minter().mint(&user(), "pulse-etl").unwrap();
+    assert!(internal_verifier.verify(&internal_token).is_ok());
+    assert!(user_verifier.verify(&internal_token).is_err());
+    assert!(default_user_verifier.verify(&internal_token).is_err());
+    // even addressed to the gateway's own audience
+    let internal_token_for_api = minter().mint(&user(), "pulse-api").unwrap();
+    assert_eq!(
+        user_verifier.verify(&internal_token_for_api).unwrap_err(),
+        TokenError::WrongType
+    );
+    assert_eq!(
+        default_user_verifier
+            .verify(&internal_token_for_api)
+            .unwrap_err(),
+        TokenError::WrongType
+    );
 }
 
 #[tokio::test]

@@ -14,7 +14,10 @@ use http_body_util::{BodyExt, Full};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use pulse_core::{
     Identity,
-    jwt::{JwtAuthLayer, JwtVerifier, KeySet, SigningKey, TokenIssuer, VerificationKey},
+    jwt::{
+        JwtAuthLayer, JwtVerifier, KeySet, SigningKey, TokenIssuer, USER_TOKEN_TYPE,
+        VerificationKey,
+    },
 };
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt, service_fn};
@@ -418,29 +421,201 @@ async fn iat_in_the_future_is_refused() {
 
 #[tokio::test]
 async fn lifetime_over_the_maximum_is_refused() {
-    let day = 24 * 3600;
+    // the default cap is what the issuer issues by default: one hour
+    let hour = 3600;
     assert_refused(
         &call(&hs_token(&with(
             claims(),
-            json!({"iat": NOW - 10, "exp": NOW - 10 + day + 1}),
+            json!({"iat": NOW - 10, "exp": NOW - 10 + hour + 1}),
         )))
         .await,
     );
-    // without iat the remaining lifetime is bounded too
-    assert_refused(
+    assert_accepted(
         &call(&hs_token(&with(
             claims(),
-            json!({"iat": null, "exp": NOW + day + 31 + 1}),
+            json!({"iat": NOW - 10, "exp": NOW - 10 + hour}),
         )))
+        .await,
+    );
+    // where iat is not required, the remaining lifetime is bounded all the same
+    let without_iat = || verifier(keys()).require_issued_at(false);
+    for exp in [NOW + hour + 31 + 1, u64::MAX] {
+        let token = hs_token(&with(claims(), json!({"iat": null, "exp": exp})));
+        assert_refused(&call_with(without_iat(), &bearer(&token)).await);
+    }
+    let token = hs_token(&with(claims(), json!({"iat": null})));
+    assert_accepted(&call_with(without_iat(), &bearer(&token)).await);
+}
+
+#[tokio::test]
+async fn iat_missing_is_refused() {
+    assert_refused(&call(&hs_token(&with(claims(), json!({"iat": null})))).await);
+    assert_refused(
+        &call_with(
+            user_verifier(),
+            &bearer(&hs_token(&with(claims(), json!({"iat": null})))),
+        )
+        .await,
+    );
+}
+
+// ---- token kinds: a user token is only ever a user token -------------------------------
+
+/// The `typ` of the gateway's internal service tokens.
+const INTERNAL_TYPE: &str = "pulse-internal+jwt";
+
+/// What the gateway builds: user tokens only, its audience, at most its tokens' lifetime.
+fn user_verifier() -> JwtVerifier {
+    verifier(keys())
+        .with_required_type(USER_TOKEN_TYPE)
+        .with_max_lifetime(Duration::from_secs(900))
+}
+
+fn bearer(token: &str) -> [HeaderValue; 1] {
+    [HeaderValue::from_str(&format!("Bearer {token}")).unwrap()]
+}
+
+/// An HS256 token with this `typ` header (none for `None`).
+fn typed_token(typ: Option<&str>, claims: &Value) -> String {
+    let mut header = json!({"alg": "HS256", "kid": "hs"});
+    if let Some(typ) = typ {
+        header["typ"] = json!(typ);
+    }
+    raw_token(&header, claims, &hs_key(), Algorithm::HS256)
+}
+
+#[tokio::test]
+async fn internal_tokens_signed_with_the_user_key_are_not_user_tokens() {
+    // The shape of an internal token, with the user key, issuer and audience: refused
+    // by a verifier left at its defaults and by one requiring the user type.
+    for typ in [
+        INTERNAL_TYPE,
+        "application/pulse-internal+jwt",
+        "PULSE-INTERNAL+JWT",
+    ] {
+        let token = typed_token(Some(typ), &claims());
+        assert_refused(&call(&token).await);
+        assert_refused(&call_with(user_verifier(), &bearer(&token)).await);
+        // without an audience, against a verifier configured without one
+        let token = typed_token(Some(typ), &with(claims(), json!({"aud": null})));
+        let no_audience = JwtVerifier::new(keys()).with_issuer(ISS).with_clock(now);
+        assert_refused(&call_with(no_audience, &bearer(&token)).await);
+    }
+}
+
+#[cfg(feature = "internal-auth")]
+#[tokio::test]
+async fn a_token_of_the_internal_minter_is_not_a_user_token_even_for_the_user_audience() {
+    use pulse_core::internal_auth::InternalTokenMinter;
+    let minter =
+        InternalTokenMinter::new(SigningKey::hmac(HMAC_SECRET).unwrap().with_kid("hs"), ISS)
+            .with_clock(now);
+    let token = minter.mint(&Identity::new("user-1"), AUD).unwrap();
+    assert_refused(&call(&token).await);
+    assert_refused(&call_with(user_verifier(), &bearer(&token)).await);
+}
+
+#[tokio::test]
+async fn a_user_verifier_requires_the_user_type() {
+    for typ in [
+        None,
+        Some("JWT"),
+        Some("jwt"),
+        Some(INTERNAL_TYPE),
+        Some("id_token+jwt"),
+        Some("dpop+jwt"),
+        Some(""),
+        Some("at+jwt "),
+    ] {
+        let token = typed_token(typ, &claims());
+        assert_refused(&call_with(user_verifier(), &bearer(&token)).await);
+    }
+    // media types compare case-insensitively, the application/ prefix optional
+    for typ in [
+        "at+jwt",
+        "AT+JWT",
+        "application/at+jwt",
+        "Application/At+Jwt",
+    ] {
+        let token = typed_token(Some(typ), &claims());
+        assert_accepted(&call_with(user_verifier(), &bearer(&token)).await);
+    }
+}
+
+#[tokio::test]
+async fn a_default_verifier_accepts_user_and_plain_types_only() {
+    for typ in [
+        None,
+        Some("JWT"),
+        Some("at+jwt"),
+        Some("application/at+jwt"),
+    ] {
+        assert_accepted(&call(&typed_token(typ, &claims())).await);
+    }
+    for typ in [
+        INTERNAL_TYPE,
+        "secevent+jwt",
+        "logout+jwt",
+        "dpop+jwt",
+        "JOSE",
+        "",
+    ] {
+        assert_refused(&call(&typed_token(Some(typ), &claims())).await);
+    }
+}
+
+#[tokio::test]
+async fn a_user_verifier_refuses_other_audiences_and_longer_lifetimes() {
+    let v = user_verifier;
+    let t = |patch: Value| typed_token(Some(USER_TOKEN_TYPE), &with(claims(), patch));
+    // the internal service's audience, or none
+    assert_refused(&call_with(v(), &bearer(&t(json!({"aud": "pulse-etl"})))).await);
+    assert_refused(&call_with(v(), &bearer(&t(json!({"aud": null})))).await);
+    // the cap is the issued lifetime (15 minutes here), whatever the token says
+    assert_accepted(
+        &call_with(
+            v(),
+            &bearer(&t(json!({"iat": NOW - 10, "exp": NOW - 10 + 900}))),
+        )
         .await,
     );
     assert_refused(
-        &call(&hs_token(&with(
-            claims(),
-            json!({"iat": null, "exp": u64::MAX}),
-        )))
+        &call_with(
+            v(),
+            &bearer(&t(json!({"iat": NOW - 10, "exp": NOW - 10 + 901}))),
+        )
         .await,
     );
+    assert_refused(
+        &call_with(
+            v(),
+            &bearer(&t(json!({"iat": NOW - 3600, "exp": NOW + 600}))),
+        )
+        .await,
+    );
+    // iat in the future beyond the leeway
+    assert_refused(&call_with(v(), &bearer(&t(json!({"iat": NOW + 31, "exp": NOW + 600})))).await);
+    assert_accepted(&call_with(v(), &bearer(&t(json!({"iat": NOW + 30, "exp": NOW + 600})))).await);
+}
+
+#[tokio::test]
+async fn the_issuer_writes_the_user_type_and_its_verifier_agrees() {
+    let issuer = TokenIssuer::new(SigningKey::hmac(HMAC_SECRET).unwrap().with_kid("hs"))
+        .with_issuer(ISS)
+        .with_audience(AUD)
+        .with_lifetime(Duration::from_secs(900))
+        .with_clock(now);
+    let token = issuer.issue(&Identity::new("user-1")).unwrap().access_token;
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    assert_accepted(&call_with(user_verifier(), &bearer(&token)).await);
+    // issued for longer than the verifier's cap: refused
+    let long = issuer
+        .with_lifetime(Duration::from_secs(901))
+        .issue(&Identity::new("user-1"))
+        .unwrap()
+        .access_token;
+    assert_refused(&call_with(user_verifier(), &bearer(&long)).await);
 }
 
 #[tokio::test]
@@ -719,7 +894,10 @@ fn each_attack_is_refused_for_its_own_reason() {
         (t(json!({"exp": null})), E::MissingClaim("exp")),
         (t(json!({"nbf": NOW + 31})), E::NotYetValid),
         (t(json!({"iat": NOW + 31})), E::IssuedInFuture),
-        (t(json!({"exp": NOW + 25 * 3600})), E::LifetimeTooLong),
+        (t(json!({"iat": null})), E::MissingClaim("iat")),
+        (t(json!({"exp": NOW + 2 * 3600})), E::LifetimeTooLong),
+        (typed_token(Some(INTERNAL_TYPE), &claims()), E::WrongType),
+        (typed_token(Some("secevent+jwt"), &claims()), E::WrongType),
         (t(json!({"iss": "evil"})), E::WrongIssuer),
         (t(json!({"aud": "evil"})), E::WrongAudience),
         (t(json!({"exp": "soon"})), E::InvalidClaims),
@@ -731,6 +909,16 @@ fn each_attack_is_refused_for_its_own_reason() {
     for (token, reason) in cases {
         assert_eq!(v.verify(&token).unwrap_err(), reason);
     }
+    let user = user_verifier();
+    assert_eq!(
+        user.verify(&typed_token(None, &claims())).unwrap_err(),
+        E::WrongType
+    );
+    assert_eq!(
+        user.verify(&typed_token(Some("JWT"), &claims()))
+            .unwrap_err(),
+        E::WrongType
+    );
 }
 
 // ---- property tests ------------------------------------------------------------------

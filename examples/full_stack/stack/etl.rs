@@ -100,6 +100,8 @@ pub fn internal_auth(secrets: &Secrets) -> anyhow::Result<InternalAuthLayer> {
     let ring = KeyRing::parse(&secrets.internal_keys).context("PULSE_INTERNAL_KEYS")?;
     let token_key =
         VerificationKey::hmac(secrets.primary_internal_secret()?).context("internal token key")?;
+    // Requires the internal token type (a user token is refused even if signed with
+    // this key), this service as audience, `iat`, and at most the minted lifetime.
     Ok(
         InternalAuthLayer::new(ring).with_verifier(InternalTokenVerifier::new(
             token_key,

@@ -17,16 +17,20 @@ use crate::{
     jwt::{Claims, IssueError, JwtVerifier, KeySource, SigningKey, TokenError, TokenIssuer},
 };
 
-/// The longest internal token lifetime a receiver accepts by default: 5 minutes.
-pub const DEFAULT_MAX_INTERNAL_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+/// The longest internal token lifetime a receiver accepts by default: 60 seconds, what
+/// [`InternalTokenMinter`] mints by default ([`DEFAULT_INTERNAL_TOKEN_LIFETIME`]).
+/// Raise both together.
+pub const DEFAULT_MAX_INTERNAL_TOKEN_LIFETIME: Duration = DEFAULT_INTERNAL_TOKEN_LIFETIME;
 
 /// Mints short-lived internal tokens on the gateway: `iss` = the gateway, `aud` = the
 /// target service, `sub`/`email`/`roles`/`permissions` from the user's
 /// [`Identity`], a fresh `jti`, `iat`/`exp` (default lifetime
 /// [`DEFAULT_INTERNAL_TOKEN_LIFETIME`]) and the `typ` header [`INTERNAL_TOKEN_TYPE`],
-/// so a user token is never mistaken for an internal one.
+/// so a user token is never mistaken for an internal one, nor an internal one for a
+/// user token (a user-token [`JwtVerifier`] refuses this type).
 ///
-/// Use a key of its own, not the user-token secret.
+/// Use a key of its own, not the user-token secret; the types and audiences keep the
+/// two kinds apart even when someone does not.
 ///
 /// ```
 /// use pulse_core::{Identity, internal_auth::{InternalTokenMinter, InternalTokenVerifier}, jwt::{SigningKey, VerificationKey}};
@@ -63,6 +67,8 @@ impl InternalTokenMinter {
     }
 
     /// How long minted tokens live (default [`DEFAULT_INTERNAL_TOKEN_LIFETIME`]).
+    /// Receivers refuse tokens living longer than their cap
+    /// ([`DEFAULT_MAX_INTERNAL_TOKEN_LIFETIME`] by default): raise it there too.
     #[must_use]
     pub fn with_lifetime(mut self, lifetime: Duration) -> Self {
         self.issuer = self.issuer.with_lifetime(lifetime);
@@ -115,8 +121,10 @@ impl fmt::Debug for InternalTokenMinter {
 }
 
 /// Verifies internal tokens on the receiving service: signature (algorithm pinned per
-/// key), `typ` = [`INTERNAL_TOKEN_TYPE`], `iss` = the gateway, `aud` = this service,
-/// `exp` required, lifetime at most [`DEFAULT_MAX_INTERNAL_TOKEN_LIFETIME`]. As a
+/// key), `typ` = [`INTERNAL_TOKEN_TYPE`] (a user token, `at+jwt`, is refused even when
+/// signed with the same key), `iss` = the gateway, `aud` = this service, `exp` and
+/// `iat` required, lifetime at most [`DEFAULT_MAX_INTERNAL_TOKEN_LIFETIME`] (raise it
+/// with [`map_verifier`](Self::map_verifier) when the minter's lifetime is longer). As a
 /// [`CredentialVerifier`] it reads [`X_INTERNAL_TOKEN`] and yields the caller (the
 /// issuer) and the user [`Identity`] from the token.
 #[derive(Clone)]

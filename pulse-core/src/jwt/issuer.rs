@@ -8,14 +8,23 @@ use std::{
 
 use serde::Serialize;
 
-use super::{Audience, Claims, IssueError, SigningKey, claims::unix_seconds, verifier::Clock};
+use super::{
+    Audience, Claims, IssueError, SigningKey, USER_TOKEN_TYPE, claims::unix_seconds,
+    verifier::Clock,
+};
 use crate::identity::Identity;
 
 /// The default lifetime of an issued user token: one hour.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Signs user tokens: `sub`, `email`, `roles`, `permissions`, `iat`, `exp`, a fresh
-/// `jti`, and `iss`/`aud`/`nbf` when configured.
+/// `jti`, and `iss`/`aud`/`nbf` when configured, with the `typ` header
+/// [`USER_TOKEN_TYPE`] (`at+jwt`, RFC 9068) so that no verifier of another kind of
+/// token accepts them.
+///
+/// Give the tokens an audience of their own (e.g. `pulse-api`) and have the verifier
+/// require it, the type and this issuer's lifetime
+/// ([`JwtVerifier::with_max_lifetime`](super::JwtVerifier::with_max_lifetime)).
 ///
 /// ```
 /// use pulse_core::{Identity, jwt::{SigningKey, TokenIssuer}};
@@ -69,7 +78,7 @@ impl TokenIssuer {
             audience: None,
             lifetime: DEFAULT_TOKEN_LIFETIME,
             not_before: false,
-            typ: "JWT",
+            typ: USER_TOKEN_TYPE,
             clock: Arc::new(SystemTime::now),
         }
     }
@@ -88,7 +97,8 @@ impl TokenIssuer {
         self
     }
 
-    /// How long issued tokens live. Keep it within the verifier's maximum lifetime.
+    /// How long issued tokens live (default [`DEFAULT_TOKEN_LIFETIME`]). Give the
+    /// verifier the same maximum lifetime.
     #[must_use]
     pub const fn with_lifetime(mut self, lifetime: Duration) -> Self {
         self.lifetime = lifetime;
@@ -102,7 +112,7 @@ impl TokenIssuer {
         self
     }
 
-    /// Set the `typ` header (default `JWT`).
+    /// Set the `typ` header (default [`USER_TOKEN_TYPE`]).
     #[must_use]
     #[cfg_attr(not(feature = "internal-auth"), allow(dead_code))]
     pub(crate) const fn with_type(mut self, typ: &'static str) -> Self {

@@ -16,10 +16,19 @@
 //!   refused before any signature check. `jku`, `x5u` and `jwk` headers are ignored.
 //! - **HMAC secrets have at least [`MIN_HMAC_SECRET_BYTES`] bytes**, refused at set-up
 //!   otherwise.
-//! - **Time claims:** `exp` required; `nbf` and `iat` checked; leeway
-//!   [`DEFAULT_LEEWAY`], capped; lifetime at most [`DEFAULT_MAX_LIFETIME`].
+//! - **Each kind of token has its own type.** [`TokenIssuer`] writes the `typ` header
+//!   [`USER_TOKEN_TYPE`] (`at+jwt`, RFC 9068); internal service tokens carry
+//!   `pulse-internal+jwt`. A verifier refuses every other kind: by default it accepts
+//!   `at+jwt`, `JWT` or no `typ`; with [`JwtVerifier::with_required_type`] only the
+//!   types named. So a token minted for one purpose is never accepted for another,
+//!   even when both are signed with the same key.
+//! - **Time claims:** `exp` and `iat` required ([`JwtVerifier::require_issued_at`]);
+//!   `nbf` and `iat` checked; leeway [`DEFAULT_LEEWAY`], capped; lifetime at most
+//!   [`DEFAULT_MAX_LIFETIME`], which is what [`TokenIssuer`] issues
+//!   ([`DEFAULT_TOKEN_LIFETIME`]): set both together when you change one.
 //! - **`iss`/`aud` required once configured**; a token with an `aud` is refused by a
-//!   verifier that has none configured.
+//!   verifier that has none configured. Give each audience its own name (the gateway's
+//!   user tokens `pulse-api`, an internal service's tokens its service id).
 //! - **Strict claim types** (see [`Claims`]) and a size cap of [`MAX_TOKEN_BYTES`].
 //!
 //! Keys: HMAC, RSA, EC and Ed25519 ([`VerificationKey`]) in a [`KeySet`] that can
@@ -29,14 +38,20 @@
 //!
 //! ```
 //! use http::{Request, Response, StatusCode, header::AUTHORIZATION};
-//! use pulse_core::{Identity, jwt::{JwtAuthLayer, JwtVerifier, SigningKey, TokenIssuer, VerificationKey}};
+//! use pulse_core::{Identity, jwt::{JwtAuthLayer, JwtVerifier, SigningKey, TokenIssuer, USER_TOKEN_TYPE, VerificationKey}};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let secret = b"a secret of at least thirty-two bytes";
-//! let issuer = TokenIssuer::new(SigningKey::hmac(secret)?).with_issuer("pulse");
-//! let verifier = JwtVerifier::new(VerificationKey::hmac(secret)?).with_issuer("pulse");
+//! let issuer = TokenIssuer::new(SigningKey::hmac(secret)?)
+//!     .with_issuer("pulse")
+//!     .with_audience("pulse-api");
+//! let verifier = JwtVerifier::new(VerificationKey::hmac(secret)?)
+//!     .with_issuer("pulse")
+//!     .with_audience("pulse-api")
+//!     .with_required_type(USER_TOKEN_TYPE)
+//!     .with_max_lifetime(issuer.lifetime());
 //!
 //! let service = ServiceBuilder::new()
 //!     .layer(JwtAuthLayer::new(verifier))
@@ -96,7 +111,11 @@ pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 /// The default cap on the leeway: 5 minutes.
 pub const DEFAULT_MAX_LEEWAY: Duration = Duration::from_secs(300);
-/// The default maximum token lifetime (`exp - iat`): 24 hours.
-pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The default maximum token lifetime (`exp - iat`): one hour, the lifetime
+/// [`TokenIssuer`] issues by default ([`DEFAULT_TOKEN_LIFETIME`]). Raise it with
+/// [`JwtVerifier::with_max_lifetime`] for an identity provider that issues longer ones.
+pub const DEFAULT_MAX_LIFETIME: Duration = DEFAULT_TOKEN_LIFETIME;
+/// The `typ` header of user access tokens (RFC 9068), written by [`TokenIssuer`].
+pub const USER_TOKEN_TYPE: &str = "at+jwt";
 /// The default token size cap: 8 KiB.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;

@@ -19,29 +19,49 @@ use crate::{error::ApiError, identity::Identity};
 /// Where verifiers read the time; tests inject a fixed one.
 pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
-/// Verifies bearer tokens: signature with the key the `kid` selects (algorithm pinned
-/// per key), then `exp` (required), `nbf`, `iat`, lifetime, `iss` and `aud`.
+/// Verifies bearer tokens: size, `typ`, signature with the key the `kid` selects
+/// (algorithm pinned per key), then `exp` and `iat` (both required), `nbf`, lifetime,
+/// `iss` and `aud`.
 ///
-/// Defaults: leeway [`DEFAULT_LEEWAY`] (capped at [`DEFAULT_MAX_LEEWAY`] unless
-/// raised with [`JwtVerifier::with_max_leeway`]), maximum lifetime
-/// [`DEFAULT_MAX_LIFETIME`], token size cap [`MAX_TOKEN_BYTES`]. Without a configured
-/// audience a token that carries `aud` is refused (RFC 7519 §4.1.3). The `jku`, `x5u`
-/// and `jwk` headers are never read: keys come only from the [`KeySource`].
+/// Defaults: the `typ` header `at+jwt` ([`USER_TOKEN_TYPE`](super::USER_TOKEN_TYPE)),
+/// `JWT` or none — so an internal service token (`pulse-internal+jwt`) or any other
+/// kind is refused even when signed with the right key; `iat` required ([`JwtVerifier::require_issued_at`]);
+/// leeway [`DEFAULT_LEEWAY`] (capped at [`DEFAULT_MAX_LEEWAY`] unless raised with
+/// [`JwtVerifier::with_max_leeway`]); maximum lifetime [`DEFAULT_MAX_LIFETIME`] (what
+/// [`TokenIssuer`](super::TokenIssuer) issues by default); token size cap
+/// [`MAX_TOKEN_BYTES`]. Without a configured audience a token that carries `aud` is
+/// refused (RFC 7519 §4.1.3). The `jku`, `x5u` and `jwk` headers are never read: keys
+/// come only from the [`KeySource`].
+///
+/// For your own tokens, pin everything the issuer sets: issuer, audience, type and
+/// lifetime, as below.
 ///
 /// Cheap to clone; clones share configuration, keys and cache.
 ///
 /// ```
-/// use pulse_core::{Identity, jwt::{JwtVerifier, SigningKey, TokenIssuer, VerificationKey}};
+/// use pulse_core::{Identity, jwt::{JwtVerifier, SigningKey, TokenIssuer, USER_TOKEN_TYPE, VerificationKey}};
 ///
 /// let secret = b"an example secret of 32 bytes!!!";
-/// let issuer = TokenIssuer::new(SigningKey::hmac(secret)?).with_issuer("pulse");
-/// let verifier = JwtVerifier::new(VerificationKey::hmac(secret)?).with_issuer("pulse");
+/// let issuer = TokenIssuer::new(SigningKey::hmac(secret)?)
+///     .with_issuer("pulse")
+///     .with_audience("pulse-api");
+/// let verifier = JwtVerifier::new(VerificationKey::hmac(secret)?)
+///     .with_issuer("pulse")
+///     .with_audience("pulse-api")
+///     .with_required_type(USER_TOKEN_TYPE)
+///     .with_max_lifetime(issuer.lifetime());
 ///
 /// let token = issuer.issue(&Identity::new("u1").with_permissions(["etl.access"]))?;
 /// let identity = verifier.verify(&token.access_token)?;
 /// assert_eq!(identity.subject, "u1");
 /// assert!(identity.has_permission("etl.access"));
 /// assert!(verifier.verify("not.a.token").is_err());
+///
+/// // A token for another audience, or living longer than the issuer's tokens, is refused.
+/// let other = issuer.clone().with_audience("pulse-etl").issue(&Identity::new("u1"))?;
+/// assert!(verifier.verify(&other.access_token).is_err());
+/// let long = issuer.with_lifetime(std::time::Duration::from_secs(7200)).issue(&Identity::new("u1"))?;
+/// assert!(verifier.verify(&long.access_token).is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
@@ -58,7 +78,10 @@ struct Config {
     max_leeway: Duration,
     max_lifetime: Duration,
     max_token_bytes: usize,
-    required_type: Option<String>,
+    /// Normalised (see [`normalise_type`]); empty: the default policy, see
+    /// [`DEFAULT_ACCEPTED_TYPES`].
+    required_types: Vec<String>,
+    require_iat: bool,
     clock: Clock,
     cache: Option<VerifiedTokenCache>,
 }
@@ -76,7 +99,8 @@ impl JwtVerifier {
                 max_leeway: DEFAULT_MAX_LEEWAY,
                 max_lifetime: DEFAULT_MAX_LIFETIME,
                 max_token_bytes: MAX_TOKEN_BYTES,
-                required_type: None,
+                required_types: Vec::new(),
+                require_iat: true,
                 clock: Arc::new(SystemTime::now),
                 cache: None,
             }),
@@ -133,11 +157,32 @@ impl JwtVerifier {
         self
     }
 
-    /// Require this `typ` header (e.g. the internal token type), so that tokens of one
-    /// kind are never accepted as another.
+    /// Require this `typ` header (e.g. [`USER_TOKEN_TYPE`](super::USER_TOKEN_TYPE) or
+    /// the internal token type), so that tokens of one kind are never accepted as
+    /// another. May be called several times: the token's `typ` must then be one of
+    /// them, and a token without `typ` is refused.
+    ///
+    /// Types compare as media types do (RFC 7515 §4.1.9): case-insensitively, and
+    /// with or without the `application/` prefix.
+    ///
+    /// Without this call the verifier accepts `at+jwt`, `JWT` or no `typ` at all, and
+    /// refuses every other type (among them internal service tokens).
     #[must_use]
-    pub fn with_required_type(mut self, typ: impl Into<String>) -> Self {
-        self.config_mut().required_type = Some(typ.into());
+    pub fn with_required_type(mut self, typ: impl AsRef<str>) -> Self {
+        let typ = normalise_type(typ.as_ref());
+        let types = &mut self.config_mut().required_types;
+        if !types.contains(&typ) {
+            types.push(typ);
+        }
+        self
+    }
+
+    /// Whether `iat` (issued at) is required; default `true`. With `iat`, the lifetime
+    /// cap applies to the token's whole life (`exp - iat`), not only to what is left
+    /// of it. Turn it off only for an identity provider that does not set `iat`.
+    #[must_use]
+    pub fn require_issued_at(mut self, required: bool) -> Self {
+        self.config_mut().require_iat = required;
         self
     }
 
@@ -151,7 +196,10 @@ impl JwtVerifier {
     /// Remember verified tokens in `cache` so a hot path verifies each token once.
     ///
     /// A cached token stays accepted until its expiry even if its key is removed
-    /// meanwhile; call [`VerifiedTokenCache::clear`] after removing a key.
+    /// meanwhile; call [`VerifiedTokenCache::clear`] after removing a key. Give each
+    /// verifier its own cache: a token found in it is not checked again, so a cache
+    /// shared with a verifier of other settings (type, audience) would let that
+    /// verifier's tokens through.
     #[must_use]
     pub fn with_cache(mut self, cache: VerifiedTokenCache) -> Self {
         self.config_mut().cache = Some(cache);
@@ -211,9 +259,7 @@ impl JwtVerifier {
         }
         check_shape(token)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        if let Some(required) = &config.required_type
-            && header.typ.as_deref() != Some(required.as_str())
-        {
+        if !self.accepts_type(header.typ.as_deref()) {
             return Err(TokenError::WrongType);
         }
         let kid = header.kid.as_deref();
@@ -246,6 +292,15 @@ impl JwtVerifier {
         Ok(claims)
     }
 
+    fn accepts_type(&self, typ: Option<&str>) -> bool {
+        let required = &self.config.required_types;
+        match typ.map(normalise_type) {
+            None => required.is_empty(),
+            Some(typ) if required.is_empty() => DEFAULT_ACCEPTED_TYPES.contains(&typ.as_str()),
+            Some(typ) => required.contains(&typ),
+        }
+    }
+
     fn check_claims(&self, claims: &Claims) -> Result<(), TokenError> {
         let config = &*self.config;
         let now = unix_seconds((config.clock)());
@@ -264,6 +319,9 @@ impl JwtVerifier {
             .is_some_and(|nbf| nbf > now.saturating_add(leeway))
         {
             return Err(TokenError::NotYetValid);
+        }
+        if config.require_iat && claims.iat.is_none() {
+            return Err(TokenError::MissingClaim("iat"));
         }
         if let Some(iat) = claims.iat {
             if iat > now.saturating_add(leeway) {
@@ -296,6 +354,20 @@ impl JwtVerifier {
             }
         }
         Ok(())
+    }
+}
+
+/// The `typ` values a verifier without [`JwtVerifier::with_required_type`] accepts
+/// (besides none), normalised: user access tokens (RFC 9068) and plain JWTs.
+const DEFAULT_ACCEPTED_TYPES: [&str; 2] = ["at+jwt", "jwt"];
+
+/// A `typ` value as RFC 7515 §4.1.9 compares it: a media type, so case-insensitive,
+/// and `application/` may be left out.
+fn normalise_type(typ: &str) -> String {
+    let typ = typ.to_ascii_lowercase();
+    match typ.strip_prefix("application/") {
+        Some(rest) => rest.to_owned(),
+        None => typ,
     }
 }
 
@@ -364,7 +436,8 @@ impl fmt::Debug for JwtVerifier {
             .field("leeway", &self.leeway())
             .field("max_lifetime", &c.max_lifetime)
             .field("max_token_bytes", &c.max_token_bytes)
-            .field("required_type", &c.required_type)
+            .field("required_types", &c.required_types)
+            .field("require_iat", &c.require_iat)
             .field("cache", &c.cache.is_some())
             .finish_non_exhaustive()
     }

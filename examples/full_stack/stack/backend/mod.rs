@@ -49,6 +49,8 @@ use super::serve::{Running, serve};
 
 /// The issuer of user tokens.
 pub const TOKEN_ISSUER: &str = "pulse-gateway";
+/// The audience of user tokens (internal tokens name the service they are for).
+pub const TOKEN_AUDIENCE: &str = "pulse-api";
 /// The lifetime of user tokens.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// How long `/api/etl/jobs/status` answers are cached.
@@ -144,9 +146,16 @@ pub async fn start(
     let issuer =
         TokenIssuer::new(SigningKey::hmac(&secrets.jwt_secret).context("PULSE_JWT_SECRET")?)
             .with_issuer(TOKEN_ISSUER)
+            .with_audience(TOKEN_AUDIENCE)
             .with_lifetime(TOKEN_LIFETIME);
+    // Only this gateway's user tokens: their type (never an internal token), their
+    // audience, `iat`, and no longer-lived than the ones it issues.
     let verifier = JwtVerifier::new(VerificationKey::hmac(&secrets.jwt_secret)?)
         .with_issuer(TOKEN_ISSUER)
+        .with_audience(TOKEN_AUDIENCE)
+        .with_required_type(pulse_core::jwt::USER_TOKEN_TYPE)
+        .require_issued_at(true)
+        .with_max_lifetime(TOKEN_LIFETIME)
         .with_cache(VerifiedTokenCache::new(10_000));
 
     let (workers, queue) = options.login_hash_pool();
