@@ -49,7 +49,7 @@ impl fmt::Display for TimeoutPhase {
 /// | [`InvalidBody`](Self::InvalidBody) | 400 | `invalid_body` | no |
 /// | [`NotRouted`](Self::NotRouted) | 404 | `not_found` | no |
 /// | [`BodyTooLarge`](Self::BodyTooLarge) | 413 | `payload_too_large` | no |
-/// | [`ConnectRefused`](Self::ConnectRefused), [`Unavailable`](Self::Unavailable) | 503 + `Retry-After: 1` | `service_unavailable` | yes |
+/// | [`ConnectRefused`](Self::ConnectRefused), [`Unavailable`](Self::Unavailable), [`ConnectionLost`](Self::ConnectionLost) | 503 + `Retry-After: 1` | `service_unavailable` | yes |
 /// | [`PoolExhausted`](Self::PoolExhausted) | 503 + `Retry-After: 1` | `service_unavailable` | no |
 /// | [`Overloaded`](Self::Overloaded) | 503 + `Retry-After: 1` | `overloaded` | no |
 /// | [`CircuitOpen`](Self::CircuitOpen) | 503 + `Retry-After` (the breaker's remaining open time) | `circuit_open` | no |
@@ -111,8 +111,13 @@ pub enum ProxyError {
         /// Which one.
         phase: TimeoutPhase,
     },
-    /// The upstream broke the HTTP protocol (invalid response, connection closed
-    /// mid-message, body error).
+    /// The upstream closed or reset the connection before its answer's headers
+    /// arrived: it crashed, restarted or dropped the connection. The request may or may
+    /// not have been processed, so only idempotent requests are sent again.
+    #[error("upstream connection lost")]
+    ConnectionLost,
+    /// The upstream broke the HTTP protocol (an invalid response, a 101 nobody asked
+    /// for, a body error).
     #[error("upstream protocol error")]
     Protocol,
     /// The circuit breaker in front of the upstream is open.
@@ -139,6 +144,7 @@ impl ProxyError {
             | Self::Unavailable
             | Self::PoolExhausted
             | Self::Overloaded
+            | Self::ConnectionLost
             | Self::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Protocol | Self::UpgradeFailed => StatusCode::BAD_GATEWAY,
@@ -174,6 +180,7 @@ impl ProxyError {
             Self::PoolExhausted => "pool_exhausted",
             Self::Overloaded => "overloaded",
             Self::Timeout { .. } => "timeout",
+            Self::ConnectionLost => "connection_lost",
             Self::Protocol => "protocol",
             Self::CircuitOpen { .. } => "circuit_open",
             Self::UpgradeFailed => "upgrade_failed",
@@ -191,6 +198,7 @@ impl ProxyError {
             Self::ConnectRefused
                 | Self::Unavailable
                 | Self::Timeout { .. }
+                | Self::ConnectionLost
                 | Self::Protocol
                 | Self::UpgradeFailed
         )
@@ -208,7 +216,7 @@ impl ProxyError {
             ),
             Self::NotRouted => ApiError::not_found("Not found"),
             Self::BodyTooLarge { .. } => ApiError::payload_too_large(),
-            Self::ConnectRefused | Self::Unavailable => {
+            Self::ConnectRefused | Self::Unavailable | Self::ConnectionLost => {
                 ApiError::service_unavailable("Upstream service unavailable")
                     .with_retry_after(DEFAULT_RETRY_AFTER)
             }
@@ -270,7 +278,9 @@ impl ProxyError {
             if e.is::<crate::body::ClientBodyError>() {
                 return Self::InvalidBody;
             }
-            if e.is::<tokio::time::error::Elapsed>() {
+            // tokio's, or tower's `Timeout` layer placed inside the transport stack (for
+            // instance inside a circuit breaker, so that it counts the timeout).
+            if e.is::<tokio::time::error::Elapsed>() || e.is::<tower::timeout::error::Elapsed>() {
                 return Self::Timeout {
                     phase: if connect {
                         TimeoutPhase::Connect
@@ -288,6 +298,14 @@ impl ProxyError {
             if let Some(client) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
                 connect |= client.is_connect();
             }
+            // The connection went away under the request: the upstream died or dropped
+            // it. A 503 (try again) rather than a 502 (it answered nonsense).
+            if let Some(hyper) = e.downcast_ref::<hyper::Error>()
+                && !connect
+                && (hyper.is_incomplete_message() || hyper.is_canceled())
+            {
+                return Self::ConnectionLost;
+            }
             if let Some(io) = e.downcast_ref::<io::Error>() {
                 match io.kind() {
                     io::ErrorKind::ConnectionRefused => return Self::ConnectRefused,
@@ -299,6 +317,14 @@ impl ProxyError {
                     io::ErrorKind::NotFound
                     | io::ErrorKind::PermissionDenied
                     | io::ErrorKind::AddrNotAvailable => return Self::Unavailable,
+                    io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+                        if !connect =>
+                    {
+                        return Self::ConnectionLost;
+                    }
                     _ => {}
                 }
             }
@@ -353,6 +379,7 @@ mod tests {
             ProxyError::Unavailable,
             ProxyError::PoolExhausted,
             ProxyError::Overloaded,
+            ProxyError::ConnectionLost,
             ProxyError::CircuitOpen { retry_after: None },
         ] {
             let res = err.into_response(None, |b| b);
@@ -370,6 +397,35 @@ mod tests {
         assert_eq!(res.status(), 503);
         assert_eq!(res.headers()[http::header::RETRY_AFTER], "2");
         assert!(res.extensions().get::<ProxyError>().is_some());
+    }
+
+    #[test]
+    fn a_tower_timeout_inside_the_transport_is_a_504() {
+        let boxed: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+        let err = ProxyError::classify(&*boxed);
+        assert_eq!(
+            err,
+            ProxyError::Timeout {
+                phase: TimeoutPhase::ResponseHeaders
+            }
+        );
+        assert!(err.is_upstream_fault());
+    }
+
+    #[test]
+    fn a_lost_connection_is_503_and_an_upstream_fault() {
+        for kind in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::UnexpectedEof,
+        ] {
+            let err = ProxyError::classify(&io::Error::new(kind, "peer went away"));
+            assert_eq!(err, ProxyError::ConnectionLost, "{kind:?}");
+            assert_eq!(err.status(), 503);
+            assert!(err.is_upstream_fault());
+            assert!(!err.is_never_sent());
+        }
     }
 
     #[test]

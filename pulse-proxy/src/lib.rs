@@ -34,9 +34,10 @@
 //!    the client's, then the two connections are spliced.
 //! 6. **Timeouts and errors.** Connect (transport), time-to-headers (default 30 s) and an
 //!    optional total deadline. Every failure is a typed [`ProxyError`] answered with the
-//!    shared JSON error body: refused, unreachable, pool exhausted, transport not ready
-//!    (`overloaded`) or circuit open → 503 with `Retry-After`, timeout → 504, upstream
-//!    protocol error → 502. No upstream error text reaches the client; the error is
+//!    shared JSON error body: refused, unreachable, connection lost before the answer,
+//!    pool exhausted, transport not ready (`overloaded`) or circuit open → 503 with
+//!    `Retry-After`, timeout (also tower's `Timeout` inside the transport stack) → 504,
+//!    upstream protocol error → 502. No upstream error text reaches the client; the error is
 //!    also in the response's extensions for metrics. A circuit breaker around the
 //!    transport should classify with [`UpstreamClassifier`] (feature `breaker`), which
 //!    counts only upstream faults ([`ProxyError::is_upstream_fault`]).

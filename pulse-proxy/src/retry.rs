@@ -226,7 +226,9 @@ where
                     phase: crate::TimeoutPhase::Connect
                 }
         );
-        let safe = never_sent || (is_idempotent(req.method()) && err == ProxyError::Protocol);
+        let safe = never_sent
+            || (is_idempotent(req.method())
+                && matches!(err, ProxyError::Protocol | ProxyError::ConnectionLost));
         if !safe || self.retries_left == 0 || !self.budget.withdraw() {
             return None;
         }

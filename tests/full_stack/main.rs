@@ -23,3 +23,4 @@ mod postgres;
 mod prometheus;
 mod retry_after;
 mod tls;
+mod upstream_faults;

@@ -137,6 +137,10 @@ pub struct Options {
     /// How long the circuit to the ETL service stays open, in milliseconds.
     #[arg(long, env = "PULSE_BREAKER_OPEN_MS", default_value_t = 5000)]
     pub breaker_open_ms: u64,
+    /// How long the gateway waits for the ETL service's answer headers (504 after), in
+    /// milliseconds; timeouts count against the circuit like refusals and 5xx.
+    #[arg(long, env = "PULSE_ETL_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub etl_timeout_ms: u64,
     /// Argon2id memory cost in KiB (OWASP: 19456).
     #[arg(
         long,

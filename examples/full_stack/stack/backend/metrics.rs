@@ -38,8 +38,7 @@ pub async fn record(request: Request, next: Next) -> Response {
     metrics::histogram!("pulse_http_request_duration_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
     if let Some(error) = response.extensions().get::<ProxyError>() {
-        metrics::counter!("pulse_proxy_errors_total", "kind" => proxy_error_kind(error))
-            .increment(1);
+        metrics::counter!("pulse_proxy_errors_total", "kind" => error.kind()).increment(1);
     }
     response
 }
@@ -63,23 +62,6 @@ pub fn method_label(method: &Method) -> &'static str {
         Method::CONNECT => "CONNECT",
         Method::TRACE => "TRACE",
         _ => OTHER_METHOD,
-    }
-}
-
-fn proxy_error_kind(error: &ProxyError) -> &'static str {
-    match error {
-        ProxyError::BadFraming { .. } => "bad_framing",
-        ProxyError::UnsafePath { .. } => "unsafe_path",
-        ProxyError::NotRouted => "not_routed",
-        ProxyError::BodyTooLarge { .. } => "body_too_large",
-        ProxyError::ConnectRefused => "connect_refused",
-        ProxyError::Unavailable => "unavailable",
-        ProxyError::PoolExhausted => "pool_exhausted",
-        ProxyError::Timeout { .. } => "timeout",
-        ProxyError::Protocol => "protocol",
-        ProxyError::CircuitOpen { .. } => "circuit_open",
-        ProxyError::UpgradeFailed => "upgrade_failed",
-        _ => "other",
     }
 }
 

@@ -29,10 +29,11 @@ use pulse_core::{AuthorizeLayer, RequestIdLayer};
 use pulse_etl::client::EtlClient;
 use pulse_proxy::cache::{CacheLayer, CacheStats, MemoryStore};
 use pulse_proxy::transport::{HttpTransport, TransportConfig};
-use pulse_proxy::{Proxy, ProxyConfig, UpstreamClassifier};
+use pulse_proxy::{Proxy, ProxyConfig, ProxyError, UpstreamClassifier};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tower::timeout::TimeoutLayer;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -196,11 +197,16 @@ pub async fn start(
         INTERNAL_TOKEN_ISSUER,
     );
 
-    // The outbound side, outermost first: Proxy → breaker → credential → pooled HTTP.
+    let etl_timeout = Duration::from_millis(options.etl_timeout_ms);
+    // The outbound side, outermost first: Proxy → breaker → timeout → credential → pooled HTTP.
     let transport = ServiceBuilder::new()
         // Open circuit → BreakerOpen, which the proxy answers 503 circuit_open + Retry-After;
         // only upstream faults count (5xx, refused, timeouts), never a client's bad body.
         .layer(CircuitBreakerLayer::new(breaker.clone()).with_classifier(UpstreamClassifier::new()))
+        // The timeout's boxed error, classified (504) for the breaker and the proxy.
+        .map_err(|error: tower::BoxError| ProxyError::classify(&*error))
+        // Inside the breaker, so that a hung ETL counts as a failure (504 to the client).
+        .layer(TimeoutLayer::new(etl_timeout))
         // Each request carries the ring's key and a token signed for the verified user.
         .layer(
             InternalCredentialLayer::new()
@@ -218,8 +224,8 @@ pub async fn start(
         .map_err(|_| anyhow::anyhow!("PULSE_ETL_URL must be http://host:port"))?
         // The public prefix maps onto the ETL's versioned API.
         .with_prefix_rewrite("/api/etl/", "/api/v1/")
-        // Slow jobs API → 504 after 30 s instead of a hung gateway.
-        .with_response_timeout(Duration::from_secs(30));
+        // A backstop only: the timeout inside the breaker answers first.
+        .with_response_timeout(etl_timeout + Duration::from_secs(1));
     let proxy = Proxy::new(transport, proxy_config);
 
     // The dashboard polls the status: one upstream call per second however many tabs.
