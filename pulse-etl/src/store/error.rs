@@ -1,15 +1,5 @@
 //! [`StoreError`]: every database failure sorted by cause at the store boundary, so the
 //! API can answer each with the right status.
-//!
-//! | cause | variant | the API answers |
-//! |---|---|---|
-//! | connection refused or reset, I/O, TLS, pool closed or timed out, busy or locked database, server shutting down, statement timeout, deadlock | [`StoreError::Unavailable`] | `503 store_unavailable` + `Retry-After` |
-//! | unique, primary-key, foreign-key or exclusion constraint | [`StoreError::Conflict`] | `409 conflict` |
-//! | a value the database refuses: out of range, malformed, too long, NULL where none is allowed, failing a CHECK | [`StoreError::InvalidInput`] | `422 validation_failed` |
-//! | anything else: SQL errors, values that do not decode, protocol errors | [`StoreError::Database`] | `500 internal_error` |
-//!
-//! sqlx's error stays the [`source`](std::error::Error::source) of the variant, for
-//! logs; it is not part of the variant's type.
 
 use std::error::Error as StdError;
 
@@ -19,6 +9,19 @@ use sqlx::error::{DatabaseError, ErrorKind};
 type Source = Box<dyn StdError + Send + Sync + 'static>;
 
 /// An error of a store.
+///
+/// Database failures are sorted by cause where they happen, so that callers can tell
+/// an outage from a conflict, bad input or a bug:
+///
+/// | cause | variant | the API answers |
+/// |---|---|---|
+/// | connection refused or reset, I/O, TLS, pool closed or timed out, busy or locked database, server shutting down, statement timeout, deadlock | [`StoreError::Unavailable`] | `503 store_unavailable` + `Retry-After` |
+/// | unique, primary-key, foreign-key or exclusion constraint | [`StoreError::Conflict`] | `409 conflict` |
+/// | a value the database refuses: out of range, malformed, too long, NULL where none is allowed, failing a CHECK | [`StoreError::InvalidInput`] | `422 validation_failed` |
+/// | anything else: SQL errors, values that do not decode, protocol errors | [`StoreError::Database`] | `500 internal_error` |
+///
+/// sqlx's error is the variant's [`source`](std::error::Error::source), for logs; it
+/// is not part of the variant's type.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -68,7 +71,7 @@ impl StoreError {
     }
 }
 
-/// Sorts a sqlx error by cause; see the [module docs](self).
+/// Sorts a sqlx error by cause: see the variants of [`StoreError`].
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         cause(&err).wrap(Box::new(err))
