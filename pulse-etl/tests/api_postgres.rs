@@ -85,3 +85,108 @@ async fn an_api_instance_streams_the_events_of_a_worker_instance() {
         .await
         .unwrap();
 }
+
+/// Status, `Retry-After` presence and JSON body of `request` sent to `router`.
+async fn send(
+    router: &axum::Router,
+    request: http::Request<axum::body::Body>,
+) -> (StatusCode, bool, serde_json::Value) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let retry_after = response.headers().contains_key("retry-after");
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        retry_after,
+        serde_json::from_slice(&bytes).unwrap_or_default(),
+    )
+}
+
+fn start(job: &str, body: &str) -> http::Request<axum::body::Body> {
+    http::Request::post(format!("/api/v1/jobs/{job}/start"))
+        .header("x-internal-auth", "0123456789abcdef0123456789abcdef")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_owned()))
+        .unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (PULSE_TEST_DATABASE_URL)"]
+async fn store_failures_on_postgres_are_answered_by_cause() {
+    let url = std::env::var("PULSE_TEST_DATABASE_URL").expect("PULSE_TEST_DATABASE_URL");
+    let schema = format!("api_test_{}", uuid::Uuid::now_v7().simple());
+    let store = store(&url, &schema).await;
+    let engine = JobEngine::launch(
+        store.clone().into_dyn(),
+        registry(),
+        EngineConfig::default()
+            .with_concurrency(0)
+            .with_schedules(false),
+    )
+    .await
+    .unwrap();
+    let ring = KeyRing::parse("gw:0123456789abcdef0123456789abcdef").unwrap();
+    let router = EtlApi::new(engine.clone())
+        .with_internal_auth(InternalAuthLayer::new(ring))
+        .into_router();
+    let no_internals = |body: &serde_json::Value| {
+        let text = body.to_string().to_lowercase();
+        for word in [
+            "sql",
+            "constraint",
+            "unique",
+            "etl_",
+            "unicode",
+            "jsonb",
+            "postgres",
+        ] {
+            assert!(!text.contains(word), "{word} in {text}");
+        }
+    };
+
+    // a value PostgreSQL refuses (jsonb has no NUL character): 422, not 503
+    let (status, retry_after, body) = send(
+        &router,
+        start("github_sync", r#"{"params": {"note": "\u0000"}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["code"], "validation_failed");
+    assert!(!retry_after);
+    no_internals(&body);
+
+    // a unique index the deployment added: the next run's event row violates it
+    let (status, _, body) = send(&router, start("jira_sync", "")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    sqlx::query("CREATE UNIQUE INDEX test_one_event_per_kind ON etl_events (kind)")
+        .execute(store.pg_pool())
+        .await
+        .unwrap();
+    let (status, retry_after, body) = send(&router, start("github_sync", "")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "conflict");
+    assert!(!retry_after);
+    no_internals(&body);
+
+    // a store that is gone: 503 with Retry-After
+    engine.shutdown().await;
+    store.close().await;
+    let list = http::Request::get("/api/v1/jobs")
+        .header("x-internal-auth", "0123456789abcdef0123456789abcdef")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let (status, retry_after, body) = send(&router, list).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "store_unavailable");
+    assert!(retry_after);
+    no_internals(&body);
+
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}

@@ -73,3 +73,24 @@ async fn notifications_reach_other_instances() {
         .unwrap();
     assert_eq!(reader.list_runs(None, 10).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (PULSE_TEST_DATABASE_URL)"]
+async fn closing_the_store_completes_and_later_calls_are_unavailable() {
+    let url = database_url();
+    let schema = format!("etl_test_{}", uuid::Uuid::new_v4().simple());
+    let _guard = DropSchema {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let store = PgStore::connect_with(PgStoreOptions::new(&url).with_schema(&schema))
+        .await
+        .unwrap();
+    // The LISTEN connection is checked out for the store's life; closing must not wait
+    // for it forever.
+    tokio::time::timeout(std::time::Duration::from_secs(30), store.close())
+        .await
+        .expect("close completes");
+    let err = store.ping().await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+}

@@ -1,8 +1,10 @@
 //! Every error of the API in the shared JSON shape.
 //!
 //! Engine errors map to the contract's statuses and codes; a `409` also carries the
-//! `run_id` it is about. Store failures answer `503 store_unavailable` without detail
-//! (the detail goes to the log).
+//! `run_id` it is about. Store failures answer by cause ([`StoreError`]) without
+//! detail (the detail goes to the log): `409 conflict`, `422 validation_failed`, `503
+//! store_unavailable` (only for an unreachable or overloaded database) or `500
+//! internal_error`.
 
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use serde::Serialize;
 
 use crate::engine::EngineError;
 use crate::model::RunId;
+use crate::store::StoreError;
 
 /// `unknown_job` (422).
 pub(crate) const UNKNOWN_JOB: ErrorCode = ErrorCode::new("unknown_job");
@@ -28,6 +31,9 @@ pub(crate) const RUN_NOT_FOUND: ErrorCode = ErrorCode::new("run_not_found");
 pub(crate) const INVALID_PARAMS: ErrorCode = ErrorCode::new("invalid_params");
 /// `store_unavailable` (503).
 pub(crate) const STORE_UNAVAILABLE: ErrorCode = ErrorCode::new("store_unavailable");
+/// `Retry-After` of `store_unavailable`: a busy pool or a restarting database is
+/// usually back within seconds, and a retry per second costs the store little.
+const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// `shutting_down` (503).
 pub(crate) const SHUTTING_DOWN: ErrorCode = ErrorCode::new("shutting_down");
 /// `idempotency_key_reused` (409): the key started another job.
@@ -113,16 +119,34 @@ impl From<EngineError> for ErrorResponse {
             )
             .with_retry_after(Duration::from_secs(1))
             .into(),
-            EngineError::Store(err) => {
-                tracing::error!(error = %err, "job store failed");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    STORE_UNAVAILABLE,
-                    "Job store unavailable",
-                )
-                .with_retry_after(Duration::from_secs(1))
-                .into()
-            }
+            EngineError::Store(err) => store_error(&err).into(),
+        }
+    }
+}
+
+/// The answer to a store failure: by cause, never with the database's words.
+fn store_error(err: &StoreError) -> ApiError {
+    match err {
+        StoreError::Unavailable(_) => {
+            tracing::error!(error = %err, "job store unavailable");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                STORE_UNAVAILABLE,
+                "Job store unavailable",
+            )
+            .with_retry_after(STORE_RETRY_AFTER)
+        }
+        StoreError::Conflict(_) => {
+            tracing::warn!(error = %err, "job store refused a conflicting write");
+            ApiError::conflict("The request conflicts with stored data")
+        }
+        StoreError::InvalidInput(_) => {
+            tracing::warn!(error = %err, "job store refused a value");
+            ApiError::unprocessable("A value of the request was refused by the job store")
+        }
+        _ => {
+            tracing::error!(error = %err, "job store failed");
+            ApiError::internal()
         }
     }
 }

@@ -20,9 +20,16 @@
 //! (`run_not_found`) or route (`not_found`); `405`; `409` a run already active
 //! (`run_already_active`, with `run_id`) or already finished (`run_already_finished`);
 //! `413` a body over the limit (64 KiB by default); `415` a non-JSON body; `422` an
-//! unknown job naming the allowed ones (`unknown_job`); `503` the store failing
-//! (`store_unavailable`, no detail) or shutdown (`shutting_down`). An `Idempotency-Key`
-//! reused for another job is a `409` (`idempotency_key_reused`).
+//! unknown job naming the allowed ones (`unknown_job`); `503` shutdown
+//! (`shutting_down`). An `Idempotency-Key` reused for another job is a `409`
+//! (`idempotency_key_reused`).
+//!
+//! A failing store is answered by cause (see [`StoreError`](crate::StoreError)), never
+//! with database detail, which goes to the log: `409 conflict` for a write a
+//! constraint refused, `422 validation_failed` for a value the database refused, `503
+//! store_unavailable` with `Retry-After` only when the database cannot be reached or
+//! does not answer in time, and `500 internal_error` for everything else (an SQL
+//! error, a row that does not decode: a bug).
 //!
 //! A start answers `202` only once the run is committed. `requested_by` is the subject
 //! of the [`Identity`](pulse_core::Identity) that [`InternalAuthLayer`] took from a

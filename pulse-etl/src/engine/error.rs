@@ -51,7 +51,9 @@ pub enum EngineError {
     /// The engine is shutting down and accepts no new runs (503).
     #[error("the job engine is shutting down")]
     ShuttingDown,
-    /// The store failed (503 when unreachable, 500 otherwise).
+    /// The store failed: 503 when the database is unreachable or overloaded, 409 when
+    /// a constraint refused the write, 422 when the database refused a value, 500
+    /// otherwise (see [`StoreError`]).
     #[error("job store error: {0}")]
     Store(#[from] StoreError),
 }
@@ -66,7 +68,9 @@ impl EngineError {
             EngineError::NotFound { .. } => 404,
             EngineError::InvalidParams { .. } => 400,
             EngineError::ShuttingDown => 503,
-            EngineError::Store(err) if err.is_unavailable() => 503,
+            EngineError::Store(StoreError::Unavailable(_)) => 503,
+            EngineError::Store(StoreError::Conflict(_)) => 409,
+            EngineError::Store(StoreError::InvalidInput(_)) => 422,
             EngineError::Store(_) => 500,
         }
     }
@@ -81,8 +85,10 @@ impl EngineError {
             EngineError::AlreadyFinished { .. } => "run_already_finished",
             EngineError::InvalidParams { .. } => "invalid_params",
             EngineError::ShuttingDown => "shutting_down",
-            EngineError::Store(err) if err.is_unavailable() => "store_unavailable",
-            EngineError::Store(_) => "store_error",
+            EngineError::Store(StoreError::Unavailable(_)) => "store_unavailable",
+            EngineError::Store(StoreError::Conflict(_)) => "conflict",
+            EngineError::Store(StoreError::InvalidInput(_)) => "validation_failed",
+            EngineError::Store(_) => "internal_error",
         }
     }
 
@@ -125,5 +131,33 @@ mod tests {
         assert_eq!(active.run_id(), Some(run_id));
         assert_eq!(EngineError::NotFound { run_id }.status(), 404);
         assert_eq!(EngineError::Store(StoreError::Fenced).status(), 500);
+    }
+
+    #[test]
+    fn store_errors_map_by_cause() {
+        let store = |err: StoreError| {
+            let err = EngineError::Store(err);
+            (err.status(), err.code())
+        };
+        assert_eq!(
+            store(StoreError::Unavailable("pool closed".into())),
+            (503, "store_unavailable")
+        );
+        assert_eq!(
+            store(StoreError::Conflict("unique".into())),
+            (409, "conflict")
+        );
+        assert_eq!(
+            store(StoreError::InvalidInput("out of range".into())),
+            (422, "validation_failed")
+        );
+        assert_eq!(
+            store(StoreError::Database("syntax error".into())),
+            (500, "internal_error")
+        );
+        assert_eq!(
+            store(StoreError::Corrupt("bad state".into())),
+            (500, "internal_error")
+        );
     }
 }

@@ -23,52 +23,13 @@ use crate::model::{
 };
 
 mod common;
+mod error;
 mod postgres;
 mod sqlite;
 
+pub use error::StoreError;
 pub use postgres::{PgStore, PgStoreOptions};
 pub use sqlite::SqliteStore;
-
-/// An error of a store.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The database failed or could not be reached.
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    /// Applying the embedded migrations failed.
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The attempt no longer holds the run: another attempt took it over, or it ended.
-    #[error("the attempt no longer holds the run's lease")]
-    Fenced,
-    /// A stored row could not be read back (a bug or a foreign write).
-    #[error("corrupt row: {0}")]
-    Corrupt(String),
-    /// The store's configuration is invalid (bad URL, bad schema name).
-    #[error("invalid store configuration: {0}")]
-    Config(String),
-}
-
-impl StoreError {
-    /// `true` when the error means the database is unreachable or overloaded (503),
-    /// rather than a bug (500).
-    #[must_use]
-    pub fn is_unavailable(&self) -> bool {
-        match self {
-            StoreError::Database(err) => matches!(
-                err,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::Database(_)
-            ),
-            _ => false,
-        }
-    }
-}
 
 /// A connection pool of the store's database, for jobs that load data next to the runs.
 #[derive(Debug, Clone)]

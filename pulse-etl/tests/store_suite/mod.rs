@@ -17,6 +17,13 @@ use serde_json::json;
 use time::OffsetDateTime;
 use time::macros::datetime;
 
+mod errors;
+
+pub use errors::{
+    a_closed_pool_is_unavailable, a_schema_the_store_cannot_read_is_a_bug,
+    constraint_violations_are_conflicts,
+};
+
 pub const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
 pub const LEASE: Duration = Duration::from_secs(30);
 
@@ -693,7 +700,10 @@ macro_rules! store_suite {
             handed_back_attempts_do_not_spend_the_budget,
             progress_logs_and_events_are_stored_in_order,
             schedule_slots_fire_once,
-            changes_are_announced
+            changes_are_announced,
+            constraint_violations_are_conflicts,
+            a_closed_pool_is_unavailable,
+            a_schema_the_store_cannot_read_is_a_bug
         );
     };
     (@tests $make:path, $attrs:tt ; $($name:ident),* $(,)?) => {

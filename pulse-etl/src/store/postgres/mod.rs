@@ -130,7 +130,7 @@ impl PgStore {
     /// other instances' changes.
     ///
     /// # Errors
-    /// [`StoreError::Config`] for a bad URL, [`StoreError::Database`] when the server
+    /// [`StoreError::Config`] for a bad URL, [`StoreError::Unavailable`] when the server
     /// cannot be reached, [`StoreError::Migrate`] when a migration fails.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(PgStoreOptions::new(url)).await
@@ -218,8 +218,12 @@ impl PgStore {
         &self.inner.pool
     }
 
-    /// Closes the pool.
+    /// Stops listening for other instances and closes the pool; later calls fail with
+    /// [`StoreError::Unavailable`].
     pub async fn close(&self) {
+        // The LISTEN connection is checked out for the listener's life, and closing a
+        // pool waits for every checked-out connection: stop the listener first.
+        self.inner.listener.abort();
         self.inner.pool.close().await;
     }
 
@@ -306,9 +310,9 @@ impl JobStore for PgStore {
             }
             tx.rollback().await?;
         }
-        Err(StoreError::Database(sqlx::Error::Protocol(
-            "create_run kept conflicting with concurrent starts".to_owned(),
-        )))
+        Err(StoreError::conflict(
+            "create_run kept conflicting with concurrent starts",
+        ))
     }
 
     async fn claim(

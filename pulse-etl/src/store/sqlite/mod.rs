@@ -71,7 +71,7 @@ impl SqliteStore {
     /// applies the embedded migrations.
     ///
     /// # Errors
-    /// [`StoreError::Database`] when the file cannot be opened, [`StoreError::Migrate`]
+    /// [`StoreError::Unavailable`] when the file cannot be opened, [`StoreError::Migrate`]
     /// when a migration fails.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::new()
