@@ -15,7 +15,8 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-binary="${PULSE_LOAD_BINARY:-$root/target/release/examples/full_stack}"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+binary="${PULSE_LOAD_BINARY:-$target_dir/release/examples/full_stack}"
 
 if [[ "${PULSE_LOAD_NO_BUILD:-0}" != 1 && -z "${PULSE_LOAD_BINARY:-}" ]]; then
     cargo build --release --example full_stack

@@ -38,7 +38,7 @@ if [[ -z "$binary" ]]; then
     done
     echo "soak: cargo build --release --example full_stack" >&2
     (cd "$root" && cargo build --release --example full_stack)
-    binary="$root/target/release/examples/full_stack"
+    binary="${CARGO_TARGET_DIR:-$root/target}/release/examples/full_stack"
 fi
 
 exec python3 "$root/benches/soak.py" --binary "$binary" "$@"
