@@ -11,7 +11,9 @@ mod stack;
 
 mod harness;
 
+mod accounts;
 mod auth;
+mod cli;
 mod deployment;
 mod frontend;
 mod headers;
@@ -22,4 +24,5 @@ mod outage;
 mod postgres;
 mod prometheus;
 mod retry_after;
+mod sessions;
 mod tls;

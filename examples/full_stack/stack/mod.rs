@@ -180,7 +180,7 @@ impl Stack {
                 ));
             }
         }
-        if self.backend.is_some() {
+        if let Some(backend) = &self.backend {
             if self.options.demo_enabled() {
                 lines.push(String::new());
                 lines.push(
@@ -192,7 +192,10 @@ impl Stack {
                         .to_owned(),
                 );
             } else {
-                lines.push("  no users seeded (--no-demo)".to_owned());
+                lines.push("  no demo users seeded (--no-demo)".to_owned());
+            }
+            if backend.bootstrap_required {
+                lines.push(format!("  {}", accounts::seed::NO_ADMINISTRATOR));
             }
         }
         lines.push(String::new());

@@ -262,6 +262,17 @@ impl AccountStore {
         }
         let now = self.now();
         let hash = token_hash(token);
+        // Anyone may send a cookie: look it up before taking the write lock, so that
+        // made-up tokens cost a read.
+        let known: Option<String> = sqlx::query_scalar(
+            "SELECT family_id FROM gateway_refresh_tokens WHERE token_hash = $1",
+        )
+        .bind(&hash)
+        .fetch_optional(self.db.pool())
+        .await?;
+        if known.is_none() {
+            return Ok(Rotation::Refused);
+        }
         let mut tx = self.db.begin().await?;
         let row = sqlx::query(&format!(
             "SELECT family_id, user_id, expires_at, rotated_at, revoked_at \
