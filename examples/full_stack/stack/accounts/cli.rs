@@ -12,7 +12,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::password::{self, PasswordHashing};
-use super::users::UserKey;
+use super::users::{AdminGuard, UserKey};
 use super::{AccountError, AccountStore, Origin};
 
 /// `full_stack users …`.
@@ -265,13 +265,19 @@ impl Console<'_> {
             }
             UsersCommand::Remove { email } => {
                 let user = store
-                    .remove_user(UserKey::Email(email), &self.origin)
+                    .remove_user(UserKey::Email(email), AdminGuard::Off, &self.origin)
                     .await?;
                 writeln!(self.out, "{} removed", user.email)?;
-                if store.bootstrap_required().await? {
-                    writeln!(self.out, "note: {}", super::seed::NO_ADMINISTRATOR)?;
-                }
             }
+        }
+        // The command line may take the last administrator away (it is also the way
+        // back); it says so.
+        if matches!(
+            command,
+            UsersCommand::Roles { .. } | UsersCommand::Disable { .. } | UsersCommand::Remove { .. }
+        ) && store.bootstrap_required().await?
+        {
+            writeln!(self.out, "note: {}", super::seed::NO_ADMINISTRATOR)?;
         }
         Ok(())
     }

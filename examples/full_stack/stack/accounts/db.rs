@@ -9,6 +9,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row, Transaction};
 
 use super::error::AccountError;
 use super::migrations::MIGRATIONS;
+use super::users::AdminGuard;
 
 /// The prefix of every table of the gateway: its tables live beside the job store's,
 /// in the same database (and PostgreSQL schema), without touching them.
@@ -207,6 +208,23 @@ impl Database {
             Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Dialect::Postgres => self.pool.begin().await,
         }
+    }
+
+    /// With [`AdminGuard::KeepOne`] on PostgreSQL: serialise the changes that could take
+    /// the last administrator away (two administrators disabling each other at once
+    /// would otherwise each see the other still enabled). SQLite's write transactions
+    /// are serialised already.
+    pub async fn lock_administrators(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        guard: AdminGuard,
+    ) -> Result<(), sqlx::Error> {
+        if guard == AdminGuard::KeepOne && self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7021368710350468419)")
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Apply the migrations this binary knows and the database lacks, in one

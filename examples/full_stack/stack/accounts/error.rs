@@ -31,6 +31,12 @@ pub enum AccountError {
         /// How many users hold it.
         users: i64,
     },
+    /// The change would leave no enabled user holding `users.manage` (admin API only).
+    #[error(
+        "this would leave nobody able to administer the gateway: \
+         give users.manage to another enabled user first"
+    )]
+    LastAdministrator,
     /// Not an e-mail address we accept.
     #[error("invalid e-mail address: {0}")]
     InvalidEmail(&'static str),

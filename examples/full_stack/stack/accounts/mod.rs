@@ -10,6 +10,7 @@
 //!   ids, revoked sessions and per-user "valid after" stamps — in memory, refreshed
 //!   when the change counter moves (polled every second), so no proxied request waits
 //!   for the database.
+//! - [`housekeeping`]: the audit trail's retention, expired session rows.
 //! - [`cli`]: `full_stack users …` and `full_stack roles …`.
 //! - [`password`]: the strength rules, generated passwords, Argon2id.
 
@@ -17,6 +18,7 @@ pub mod audit;
 pub mod cli;
 pub mod db;
 pub mod error;
+pub mod housekeeping;
 mod migrations;
 pub mod password;
 pub mod revocation;

@@ -74,6 +74,26 @@ impl std::fmt::Display for UserKey<'_> {
     }
 }
 
+/// A change of a user's roles and/or state (`None`: left as it is).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserUpdate {
+    /// The new roles, all of them.
+    pub roles: Option<Vec<String>>,
+    /// Disabled or enabled.
+    pub disabled: Option<bool>,
+}
+
+/// Whether a change may leave the gateway with no enabled user holding `users.manage`
+/// (then nobody can administer it from the browser).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminGuard {
+    /// Refuse such a change ([`AccountError::LastAdministrator`]): the admin API.
+    KeepOne,
+    /// Allow it: the command line, which is also the way back
+    /// (`full_stack users add EMAIL --role admin`).
+    Off,
+}
+
 /// `email` trimmed and lower-cased, if it is an address we accept: at most 254 bytes,
 /// one `@` between a non-empty local part and a dotted-or-not domain, no spaces or
 /// control characters.
@@ -179,7 +199,9 @@ async fn set_user_roles(
 
 /// Every token of `user_id` issued before now stops working: the next whole second
 /// becomes the user's "valid after" (token `iat`s are whole seconds; the gateway issues
-/// new tokens no earlier than it). Refresh tokens of the user are revoked when
+/// new tokens no earlier than it). The stamp always moves forward: a token issued after
+/// an earlier change of the same second carries that change's stamp as its `iat`, so a
+/// second change moves the stamp one second past it. Refresh tokens of the user are revoked when
 /// `end_sessions` (a password change, a disable), not on a role change: the next
 /// refresh then carries the new roles.
 pub(crate) async fn stamp(
@@ -193,7 +215,7 @@ pub(crate) async fn stamp(
         "INSERT INTO gateway_user_stamps (user_id, valid_after) VALUES ($1, $2) \
          ON CONFLICT (user_id) DO UPDATE SET valid_after = CASE \
          WHEN excluded.valid_after > gateway_user_stamps.valid_after \
-         THEN excluded.valid_after ELSE gateway_user_stamps.valid_after END",
+         THEN excluded.valid_after ELSE gateway_user_stamps.valid_after + 1000 END",
     )
     .bind(user_id)
     .bind(valid_after)
@@ -352,44 +374,73 @@ impl AccountStore {
     }
 
     /// Give `key` exactly `roles` (which must exist); the user's older tokens end.
-    /// Returns the user as it is now and the roles it had.
+    /// Returns the user as it is now and the roles it had. (The command line's: it may
+    /// leave the gateway without an administrator, see [`AdminGuard`].)
     pub async fn set_roles(
         &self,
         key: UserKey<'_>,
         roles: &[String],
         origin: &Origin,
     ) -> Result<(UserRecord, Vec<String>), AccountError> {
-        let now = self.now();
-        let mut tx = self.db.begin().await?;
-        let mut user = find(&mut tx, key).await?;
-        let roles = existing_roles(&mut tx, roles).await?;
-        let before = std::mem::replace(&mut user.roles, roles.clone());
-        if before != roles {
-            set_user_roles(&mut tx, &user.id, &roles).await?;
-            stamp(&mut tx, &user.id, now, false).await?;
-            let event = AuditEvent::new(
-                AuditAction::UserRolesChanged,
-                origin,
-                Some(&user.id),
-                json!({"email": user.email, "from": before, "to": roles}),
-            );
-            audit::append(&mut tx, &event, now).await?;
-        }
-        tx.commit().await?;
-        Ok((user, before))
+        let update = UserUpdate {
+            roles: Some(roles.to_vec()),
+            disabled: None,
+        };
+        self.update_user(key, &update, AdminGuard::Off, origin)
+            .await
     }
 
-    /// Disable (every session and token ends) or enable `key`.
+    /// Disable (every session and token ends) or enable `key` (the command line's).
     pub async fn set_disabled(
         &self,
         key: UserKey<'_>,
         disabled: bool,
         origin: &Origin,
     ) -> Result<UserRecord, AccountError> {
+        let update = UserUpdate {
+            roles: None,
+            disabled: Some(disabled),
+        };
+        Ok(self
+            .update_user(key, &update, AdminGuard::Off, origin)
+            .await?
+            .0)
+    }
+
+    /// Change the roles and/or the state of `key` in one transaction, each change
+    /// audited; with [`AdminGuard::KeepOne`], refused (and nothing changed) when it
+    /// would leave no enabled user holding `users.manage`. Returns the user as it is now
+    /// and the roles it had.
+    pub async fn update_user(
+        &self,
+        key: UserKey<'_>,
+        update: &UserUpdate,
+        guard: AdminGuard,
+        origin: &Origin,
+    ) -> Result<(UserRecord, Vec<String>), AccountError> {
         let now = self.now();
         let mut tx = self.db.begin().await?;
+        self.db.lock_administrators(&mut tx, guard).await?;
         let mut user = find(&mut tx, key).await?;
-        if user.disabled != disabled {
+        let before = user.roles.clone();
+        if let Some(roles) = &update.roles {
+            let roles = existing_roles(&mut tx, roles).await?;
+            if before != roles {
+                set_user_roles(&mut tx, &user.id, &roles).await?;
+                stamp(&mut tx, &user.id, now, false).await?;
+                let event = AuditEvent::new(
+                    AuditAction::UserRolesChanged,
+                    origin,
+                    Some(&user.id),
+                    json!({"email": user.email, "from": before, "to": roles}),
+                );
+                audit::append(&mut tx, &event, now).await?;
+                user.roles = roles;
+            }
+        }
+        if let Some(disabled) = update.disabled
+            && user.disabled != disabled
+        {
             sqlx::query("UPDATE gateway_users SET disabled = $2, updated_at = $3 WHERE id = $1")
                 .bind(&user.id)
                 .bind(i64::from(disabled))
@@ -411,18 +462,23 @@ impl AccountStore {
             audit::append(&mut tx, &event, now).await?;
             user.disabled = disabled;
         }
+        check_guard(&mut tx, guard).await?;
         tx.commit().await?;
-        Ok(user)
+        Ok((user, before))
     }
 
     /// Remove `key`: its roles and refresh tokens go with it, its tokens end.
+    /// With [`AdminGuard::KeepOne`], refused when no other enabled user holds
+    /// `users.manage`.
     pub async fn remove_user(
         &self,
         key: UserKey<'_>,
+        guard: AdminGuard,
         origin: &Origin,
     ) -> Result<UserRecord, AccountError> {
         let now = self.now();
         let mut tx = self.db.begin().await?;
+        self.db.lock_administrators(&mut tx, guard).await?;
         let user = find(&mut tx, key).await?;
         stamp(&mut tx, &user.id, now, true).await?;
         sqlx::query("DELETE FROM gateway_users WHERE id = $1")
@@ -436,6 +492,7 @@ impl AccountStore {
             json!({"email": user.email, "roles": user.roles}),
         );
         audit::append(&mut tx, &event, now).await?;
+        check_guard(&mut tx, guard).await?;
         tx.commit().await?;
         Ok(user)
     }
@@ -458,18 +515,43 @@ impl AccountStore {
     /// Whether no enabled user holds `users.manage`: then nobody can administer the
     /// gateway from the browser, and the first administrator must be created with the CLI.
     pub async fn bootstrap_required(&self) -> Result<bool, AccountError> {
-        let grants: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT rp.permission FROM gateway_users u \
-             JOIN gateway_user_roles ur ON ur.user_id = u.id \
-             JOIN gateway_role_permissions rp ON rp.role = ur.role \
-             WHERE u.disabled = 0",
-        )
-        .fetch_all(self.db.pool())
-        .await?;
-        Ok(!grants
-            .iter()
-            .any(|grant| pulse_core::rbac::grants(grant, super::MANAGE_USERS)))
+        let mut tx = self.db.pool().begin().await?;
+        let administrators = administrators(&mut tx).await?;
+        tx.commit().await?;
+        Ok(administrators == 0)
     }
+}
+
+/// How many enabled users hold `users.manage` (through any grant that covers it).
+async fn administrators(tx: &mut Transaction<'static, Any>) -> Result<usize, sqlx::Error> {
+    let grants = sqlx::query(
+        "SELECT DISTINCT u.id, rp.permission FROM gateway_users u \
+         JOIN gateway_user_roles ur ON ur.user_id = u.id \
+         JOIN gateway_role_permissions rp ON rp.role = ur.role \
+         WHERE u.disabled = 0",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut holders = BTreeSet::new();
+    for row in grants {
+        let permission: String = row.try_get("permission")?;
+        if pulse_core::rbac::grants(&permission, super::MANAGE_USERS) {
+            holders.insert(row.try_get::<String, _>("id")?);
+        }
+    }
+    Ok(holders.len())
+}
+
+/// Fail (so that the transaction is rolled back) if `guard` asks to keep an
+/// administrator and the transaction's changes left none.
+async fn check_guard(
+    tx: &mut Transaction<'static, Any>,
+    guard: AdminGuard,
+) -> Result<(), AccountError> {
+    if guard == AdminGuard::KeepOne && administrators(tx).await? == 0 {
+        return Err(AccountError::LastAdministrator);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -555,7 +637,7 @@ mod tests {
         assert!(store.bootstrap_required().await.unwrap());
         assert_eq!(store.list_users().await.unwrap().len(), 1);
         store
-            .remove_user(UserKey::Id(&ada.id), &origin)
+            .remove_user(UserKey::Id(&ada.id), AdminGuard::Off, &origin)
             .await
             .unwrap();
         assert!(store.list_users().await.unwrap().is_empty());
@@ -563,5 +645,107 @@ mod tests {
             store.user(UserKey::Email("ada@example.org")).await,
             Err(AccountError::UnknownUser(_))
         ));
+    }
+    async fn stamp_of(store: &AccountStore, id: &str) -> i64 {
+        sqlx::query_scalar("SELECT valid_after FROM gateway_user_stamps WHERE user_id = $1")
+            .bind(id)
+            .fetch_one(store.database().pool())
+            .await
+            .unwrap()
+    }
+
+    /// A token issued right after a change carries the change's stamp as its `iat`; a
+    /// second change in the same second must still end it.
+    #[tokio::test]
+    async fn each_change_moves_the_stamp_forward_even_within_a_second() {
+        let store = store().await.with_clock(|| 5_000_400);
+        let origin = Origin::actor("cli:test");
+        let hash = hashing().hash("correct horse").unwrap();
+        let ada = store
+            .add_user("ada@example.org", &hash, &roles(&["operator"]), &origin)
+            .await
+            .unwrap();
+        store
+            .set_password(UserKey::Id(&ada.id), &hash, false, &origin)
+            .await
+            .unwrap();
+        assert_eq!(stamp_of(&store, &ada.id).await, 5_001_000);
+        store
+            .set_roles(UserKey::Id(&ada.id), &roles(&["viewer"]), &origin)
+            .await
+            .unwrap();
+        assert_eq!(stamp_of(&store, &ada.id).await, 5_002_000);
+    }
+
+    /// With the guard, no change leaves nobody holding users.manage, and a refused
+    /// change changes nothing; without it (the CLI), it may.
+    #[tokio::test]
+    async fn the_guard_keeps_an_administrator() {
+        let store = store().await;
+        let origin = Origin::actor("cli:test");
+        let hash = hashing().hash("correct horse").unwrap();
+        store
+            .add_role("user-admin", &["users.*".to_owned()], None, &origin)
+            .await
+            .unwrap();
+        let a = store
+            .add_user("a@example.org", &hash, &roles(&["admin"]), &origin)
+            .await
+            .unwrap();
+        let b = store
+            .add_user("b@example.org", &hash, &roles(&["user-admin"]), &origin)
+            .await
+            .unwrap();
+        let guard = AdminGuard::KeepOne;
+        let disable = UserUpdate {
+            roles: None,
+            disabled: Some(true),
+        };
+        // Two administrators: one may go.
+        store
+            .update_user(UserKey::Id(&a.id), &disable, guard, &origin)
+            .await
+            .unwrap();
+        // The last one may not: disabled, demoted (even with another change), removed.
+        let demote = UserUpdate {
+            roles: Some(roles(&["viewer"])),
+            disabled: Some(false),
+        };
+        for update in [&disable, &demote] {
+            let refused = store
+                .update_user(UserKey::Id(&b.id), update, guard, &origin)
+                .await;
+            assert!(
+                matches!(refused, Err(AccountError::LastAdministrator)),
+                "{refused:?}"
+            );
+        }
+        let refused = store.remove_user(UserKey::Id(&b.id), guard, &origin).await;
+        assert!(matches!(refused, Err(AccountError::LastAdministrator)));
+        let b_now = store.user(UserKey::Id(&b.id)).await.unwrap();
+        assert_eq!(
+            (b_now.roles, b_now.disabled),
+            (roles(&["user-admin"]), false)
+        );
+        assert!(!store.bootstrap_required().await.unwrap());
+        // Enabling the other one again is fine, and then b may go.
+        let enable = UserUpdate {
+            roles: None,
+            disabled: Some(false),
+        };
+        store
+            .update_user(UserKey::Id(&a.id), &enable, guard, &origin)
+            .await
+            .unwrap();
+        store
+            .remove_user(UserKey::Id(&b.id), guard, &origin)
+            .await
+            .unwrap();
+        // The command line is not guarded (it is the way back).
+        store
+            .remove_user(UserKey::Id(&a.id), AdminGuard::Off, &origin)
+            .await
+            .unwrap();
+        assert!(store.bootstrap_required().await.unwrap());
     }
 }
