@@ -20,7 +20,11 @@ pub(crate) async fn first_administrator_bootstrap(t: &TestStack) {
     assert_eq!(setup.status, StatusCode::OK);
     assert_eq!(
         setup.body,
-        json!({"bootstrap_required": true, "hint": "full_stack users add EMAIL --role admin"})
+        json!({
+            "bootstrap_required": true,
+            "hint": "full_stack users add EMAIL --role admin",
+            "demo": false,
+        })
     );
     assert!(
         t.stack.banner().contains(

@@ -126,9 +126,14 @@ pub(crate) async fn start_service(
     dir: &std::path::Path,
     extra: &[&str],
 ) -> Stack {
-    let _ = logs();
     let mut args = args(dir);
     args.extend(extra.iter().map(|s| (*s).to_owned()));
+    start_args(service, args).await
+}
+
+/// `service` started with exactly these arguments.
+pub(crate) async fn start_args(service: Service, args: Vec<String>) -> Stack {
+    let _ = logs();
     let cli = Cli::try_parse_from_args(args);
     tokio::time::timeout(DEADLINE, Stack::start(service, cli.options))
         .await

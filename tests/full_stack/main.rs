@@ -12,6 +12,7 @@ mod stack;
 mod harness;
 
 mod accounts;
+mod admin;
 mod auth;
 mod cli;
 mod deployment;

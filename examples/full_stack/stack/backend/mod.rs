@@ -2,7 +2,9 @@
 //! breaker and cache, `/ws/job-status` and `/health` on the public listener; `/metrics`
 //! on its own (private) listener.
 
+pub mod admin;
 pub mod auth;
+pub mod job_audit;
 pub mod metrics;
 pub mod ws;
 
@@ -43,10 +45,11 @@ use self::auth::hasher::HashingPool;
 use self::auth::throttle::{LoginThrottle, MemoryThrottleStore, ThrottleKeys, ThrottlePolicy};
 use self::auth::{Auth, AuthParts, json_error};
 use self::ws::Hub;
-use super::accounts::AccountStore;
+use super::accounts::housekeeping::{self, Retention};
 use super::accounts::password::PasswordHashing;
 use super::accounts::revocation::{POLL_INTERVAL, RevocationList};
 use super::accounts::seed::{announce_bootstrap, seed_demo};
+use super::accounts::{AccountStore, MANAGE_USERS};
 use super::config::{Options, Secrets};
 use super::etl::{INTERNAL_TOKEN_AUDIENCE, INTERNAL_TOKEN_ISSUER};
 use super::serve::{Running, serve};
@@ -92,6 +95,7 @@ pub struct BackendService {
     pub bootstrap_required: bool,
     stop: watch::Sender<bool>,
     revocation_watch: tokio::task::JoinHandle<()>,
+    clean_up: tokio::task::JoinHandle<()>,
 }
 
 impl BackendService {
@@ -102,6 +106,7 @@ impl BackendService {
         self.metrics.stop().await;
         let _ = self.stop.send(true);
         let _ = self.revocation_watch.await;
+        let _ = self.clean_up.await;
     }
 }
 
@@ -124,6 +129,8 @@ pub fn rule_table() -> anyhow::Result<RuleTable> {
             ["etl.access", "etl.jobs.run"],
         )
         .require("ANY", "/api/etl/*", ["etl.access"])
+        // The admin API: users, roles and the audit trail.
+        .require("ANY", "/api/admin/*", [MANAGE_USERS])
         .build()
         .context("gateway rule table")
 }
@@ -164,6 +171,12 @@ pub async fn start(
         .await
         .context("loading revocations")?;
     let revocation_watch = revocations.watch(store.clone(), POLL_INTERVAL, stopped.clone());
+    // The audit trail's retention and expired session rows: now, then every hour.
+    let clean_up = store.spawn_clean_up(
+        Retention::days(options.audit_retention_days),
+        housekeeping::INTERVAL,
+        stopped.clone(),
+    );
 
     let issuer =
         TokenIssuer::new(SigningKey::hmac(&secrets.jwt_secret).context("PULSE_JWT_SECRET")?)
@@ -201,6 +214,7 @@ pub async fn start(
         // The frontend proves itself with the ring's key; then its X-Forwarded-For counts.
         clients: ClientAddrResolver::new(ring.clone()),
         secure_cookie: options.public_scheme() == "https",
+        demo: options.demo_enabled(),
     })?);
 
     let breaker = Breaker::new(
@@ -258,7 +272,7 @@ pub async fn start(
     };
 
     // `/api/etl/*`. Each `.layer` wraps the ones before it, so a request meets them
-    // bottom-up: JWT → RBAC → [status cache] → Proxy (the correlation id, trace and
+    // bottom-up: JWT → RBAC → [job audit] → [status cache] → Proxy (the correlation id, trace and
     // metrics wrap the whole router below).
     let etl_routes = Router::new()
         .route_service(
@@ -274,10 +288,20 @@ pub async fn start(
             "/api/etl/{*path}",
             proxy.map_response(IntoResponse::into_response),
         )
+        // Accepted starts and cancels go into the audit trail (user, job, run, request).
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&users),
+            job_audit::record,
+        ))
         // Deny by default: etl.access for anything, etl.jobs.run to start or cancel.
         .layer(AuthorizeLayer::new(rule_table()?))
         // Everything under /api/etl needs a valid user token (401 + WWW-Authenticate
         // otherwise); the verified user becomes the span's user_id.
+        .layer(JwtAuthLayer::new(verifier.clone()));
+
+    // `/api/admin/*`: a user token (JWT), then users.manage by the rule table.
+    let admin_routes = admin::router(Arc::clone(&users))
+        .layer(AuthorizeLayer::new(rule_table()?))
         .layer(JwtAuthLayer::new(verifier.clone()));
 
     let public = Router::new()
@@ -304,6 +328,7 @@ pub async fn start(
     let router = Router::new()
         .merge(public)
         .merge(etl_routes)
+        .merge(admin_routes)
         // `/metrics` included: it is served on its own listener only.
         .fallback(not_found)
         // A known route asked with another method (made-up ones included): JSON 405.
@@ -344,6 +369,7 @@ pub async fn start(
         bootstrap_required,
         stop,
         revocation_watch,
+        clean_up,
     })
 }
 

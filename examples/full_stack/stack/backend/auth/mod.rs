@@ -60,14 +60,14 @@ pub struct Auth {
     revocations: RevocationList,
     issuer: TokenIssuer,
     verifier: JwtVerifier,
-    // Hashes the passwords the admin API sets (added in the next commit).
-    #[allow(dead_code)]
+    // Hashes the passwords the admin API sets.
     hashing: PasswordHashing,
     dummy_hash: String,
     pool: HashingPool,
     throttle: LoginThrottle,
     clients: ClientAddrResolver,
     cookie: RefreshCookie,
+    demo: bool,
     throttle_audited: moka::sync::Cache<ThrottleKey, ()>,
 }
 
@@ -100,6 +100,8 @@ pub struct AuthParts {
     pub clients: ClientAddrResolver,
     /// Whether the refresh cookie is `Secure` (served over TLS).
     pub secure_cookie: bool,
+    /// Whether the demo users are seeded (the sign-in page offers them).
+    pub demo: bool,
 }
 
 impl Auth {
@@ -119,6 +121,7 @@ impl Auth {
             throttle: parts.throttle,
             clients: parts.clients,
             cookie,
+            demo: parts.demo,
             throttle_audited: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(THROTTLE_AUDIT_INTERVAL)
@@ -127,25 +130,21 @@ impl Auth {
     }
 
     /// The accounts.
-    #[allow(dead_code)] // the admin API (next commit)
     pub fn store(&self) -> &AccountStore {
         &self.store
     }
 
     /// The revocation list.
-    #[allow(dead_code)] // the admin API (next commit)
     pub fn revocations(&self) -> &RevocationList {
         &self.revocations
     }
 
     /// The hashing pool.
-    #[allow(dead_code)] // the admin API (next commit)
     pub fn pool(&self) -> &HashingPool {
         &self.pool
     }
 
     /// The Argon2id hasher of new passwords.
-    #[allow(dead_code)] // the admin API (next commit)
     pub fn hashing(&self) -> &PasswordHashing {
         &self.hashing
     }
@@ -455,6 +454,7 @@ mod tests {
             ),
             clients: ClientAddrResolver::new(KeyRing::new()),
             secure_cookie: false,
+            demo: true,
         })
         .unwrap()
     }

@@ -198,11 +198,12 @@ pub async fn logout(
 }
 
 /// `GET /api/auth/setup` (public): whether the first administrator must still be
-/// created, and how.
+/// created, and how; whether the demo users are seeded (their passwords are public).
 pub async fn setup(State(auth): State<Arc<Auth>>) -> Response {
     match auth.store.bootstrap_required().await {
         Ok(required) => {
-            Json(json!({"bootstrap_required": required, "hint": SETUP_HINT})).into_response()
+            Json(json!({"bootstrap_required": required, "hint": SETUP_HINT, "demo": auth.demo}))
+                .into_response()
         }
         Err(error) => {
             tracing::error!(%error, "reading the accounts failed");
