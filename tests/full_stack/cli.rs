@@ -418,49 +418,96 @@ async fn an_unreachable_database_is_a_clear_error() {
     assert!(matches!(blocked, AccountError::Unreachable(_)), "{blocked}");
 }
 
-/// The built example binary, if `cargo build --example full_stack` made one.
-fn example_binary() -> Option<std::path::PathBuf> {
-    // target/<profile>/deps/full_stack-<hash> → target/<profile>/examples/full_stack
-    let exe = std::env::current_exe().ok()?;
-    let binary = exe.parent()?.parent()?.join("examples").join("full_stack");
-    binary.is_file().then_some(binary)
-}
-
-/// The real binary, in another process, on a running stack's database: its exit codes
-/// and messages, and the running gateway noticing its change.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_real_binary_changes_a_running_stack() {
-    let Some(binary) = example_binary() else {
-        eprintln!("skipped: build the example first (cargo build --example full_stack)");
+/// Not a test: the example's `main` in a process of its own. The test below runs this
+/// test binary again with only this "test" and the command line in
+/// `PULSE_TEST_CLI_ARGS` (a JSON list): it runs `stack::run` as `main` does (the same
+/// `error: …` line and exit code 1 on failure) and exits. (The example binary under the
+/// shared target folder may be another checkout's build, so it is not used.)
+#[test]
+#[ignore = "a helper process of the_real_command_line_changes_a_running_stack"]
+fn command_line_process() {
+    let Ok(args) = std::env::var("PULSE_TEST_CLI_ARGS") else {
         return;
     };
+    let args: Vec<String> = serde_json::from_str(&args).expect("a JSON list of arguments");
+    let cli = <Cli as clap::Parser>::try_parse_from(args).expect("valid arguments");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let code = match runtime.block_on(crate::stack::run(cli)) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// `full_stack <args>` in another process: its exit status, stdout (the lines after the
+/// test harness's own) and stderr.
+fn command_line(args: &[&str], data_dir: &std::path::Path) -> (Option<i32>, String, String) {
+    let mut argv = vec!["full_stack".to_owned()];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    argv.extend(["--data-dir".to_owned(), data_dir.display().to_string()]);
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "cli::command_line_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            "PULSE_TEST_CLI_ARGS",
+            serde_json::to_string(&argv).expect("JSON"),
+        )
+        .env("PULSE_ARGON2_MEMORY_KIB", "1024")
+        .env("PULSE_ARGON2_ITERATIONS", "1")
+        .env_remove("PULSE_DATABASE_URL")
+        .output()
+        .expect("the command line runs");
+    // The harness writes "running 1 test" and "test <name> ... " before the command's output.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let marker = "cli::command_line_process ... ";
+    let stdout = stdout
+        .find(marker)
+        .map_or(&*stdout, |at| &stdout[at + marker.len()..])
+        .trim()
+        .to_owned();
+    (
+        output.status.code(),
+        stdout,
+        String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    )
+}
+
+/// The command line, in another process, on a running stack's database: its exit codes
+/// and messages, and the running gateway noticing its change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_command_line_changes_a_running_stack() {
     let t = start().await;
     let back = t.backend();
     let session = t.session(&back, "viewer@pulse.local", "viewer").await;
     let data_dir = t.stack.options.data_dir.clone();
-    let run = |args: &[&str]| {
-        std::process::Command::new(&binary)
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .env("PULSE_ARGON2_MEMORY_KIB", "1024")
-            .env("PULSE_ARGON2_ITERATIONS", "1")
-            .env_remove("PULSE_DATABASE_URL")
-            .output()
-            .expect("the binary runs")
-    };
-    let listed = run(&["users", "list", "--json"]);
-    assert!(listed.status.success(), "{listed:?}");
-    let users: Value = serde_json::from_slice(&listed.stdout).expect("JSON on stdout");
+    let (code, stdout, stderr) = command_line(&["users", "list", "--json"], &data_dir);
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    let users: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
     assert_eq!(users["users"].as_array().map(Vec::len), Some(2));
-    let failed = run(&["users", "add", "viewer@pulse.local", "--role", "viewer"]);
-    assert_eq!(failed.status.code(), Some(1));
+    let (code, _, stderr) = command_line(
+        &["users", "add", "viewer@pulse.local", "--role", "viewer"],
+        &data_dir,
+    );
+    assert_eq!(code, Some(1));
     assert_eq!(
-        String::from_utf8_lossy(&failed.stderr).trim(),
+        stderr,
         "error: a user with the e-mail viewer@pulse.local already exists"
     );
-    let disabled = run(&["users", "disable", "viewer@pulse.local"]);
-    assert!(disabled.status.success(), "{disabled:?}");
+    let (code, stdout, stderr) =
+        command_line(&["users", "disable", "viewer@pulse.local"], &data_dir);
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert_eq!(stdout, "viewer@pulse.local disabled; their sessions ended");
     t.until_revoked(&back, &session.token).await;
     t.stack.shutdown().await;
 }
