@@ -1,14 +1,16 @@
-// Pulse dashboard — the application: the session's page, live updates (WebSocket,
-// polling while it is down), the health and access panels. The session, the sign-in
-// page, the job list and the run history drawer have their own modules.
+// Pulse dashboard — the application: the session's pages (jobs, admin), live updates
+// (WebSocket, polling while it is down), the health and access panels. The session,
+// the sign-in page, the job list, the run history drawer and the admin page have their
+// own modules.
 
-import { api, ApiError, describeError, claimList, RUN_PERMISSION } from "./api.js";
+import { api, ApiError, describeError, claimList, RUN_PERMISSION, ADMIN_PERMISSION } from "./api.js";
 import * as session from "./session.js";
 import { initLogin, showLogin, hideLogin } from "./login.js";
 import { initDrawer, closeDrawer, tickDrawer } from "./drawer.js";
 import {
   resetJobs, stopJobs, refreshCards, loadJobs, applyJobs, applyStatus, applyRun, applyLiveMessage,
 } from "./jobs.js";
+import { initAdmin, showAdmin, leaveAdmin } from "./admin.js";
 import { LiveChannel } from "./ws.js";
 import * as v from "./views.js";
 import { toast, reportError } from "./toast.js";
@@ -35,11 +37,32 @@ const state = {
 
 // =============================================================== session and pages
 
+/** The page the address asks for, when the session may see it. */
+function currentPage() {
+  return location.hash === "#/admin" && can(ADMIN_PERMISSION) ? "admin" : "jobs";
+}
+
+/** Show the page of the address; `focus` moves focus to its heading (after navigation). */
+function showPage({ focus = false } = {}) {
+  if (!session.currentSession()) return;
+  const page = currentPage();
+  $("nav-admin").hidden = !can(ADMIN_PERMISSION);
+  $("dashboard-view").hidden = page !== "jobs";
+  $("admin-view").hidden = page !== "admin";
+  for (const link of document.querySelectorAll("[data-page]")) {
+    if (link.dataset.page === page) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  document.title = page === "admin" ? "Admin · Pulse" : "Jobs · Pulse";
+  if (page === "admin") showAdmin();
+  else leaveAdmin();
+  if (focus) $(page === "admin" ? "admin-title" : "dash-title").focus();
+}
+
 function enterApp(s) {
   hideLogin();
+  $("app-nav").hidden = false;
   $("session-area").hidden = false;
-  $("dashboard-view").hidden = false;
-  document.title = "Jobs · Pulse";
   renderUser();
   if (!s.hasPermissionClaim) loadPermissionsFromServer();
 
@@ -49,6 +72,7 @@ function enterApp(s) {
   refreshHealth();
   state.healthTimer = setInterval(refreshHealth, HEALTH_MS);
   state.tickTimer = setInterval(tick, 1000);
+  showPage();
 }
 
 /** A renewed token: the socket moves to it, and the roles it carries may have changed. */
@@ -56,12 +80,16 @@ function onRenewed() {
   if (state.live) state.live.renewed();
   renderUser();
   refreshCards();
+  showPage();
 }
 
 function leaveApp(message) {
   stopDashboard();
   closeDrawer(false);
+  leaveAdmin();
   $("dashboard-view").hidden = true;
+  $("admin-view").hidden = true;
+  $("app-nav").hidden = true;
   $("session-area").hidden = true;
   $("live-banner").hidden = true;
   showLogin(message);
@@ -88,6 +116,7 @@ async function loadPermissionsFromServer() {
     if (Array.isArray(data.roles)) s.roles = claimList(data.roles);
     renderUser();
     refreshCards();
+    showPage();
   } catch {
     /* a 401 has ended the session; anything else leaves the UI read-only */
   }
@@ -266,6 +295,7 @@ function tick() {
 function boot() {
   initLogin();
   initDrawer({ applyRun });
+  initAdmin();
   session.onSession({ started: enterApp, renewed: onRenewed, ended: leaveApp });
   $("logout").addEventListener("click", async () => {
     $("logout").disabled = true;
@@ -280,6 +310,7 @@ function boot() {
     refreshHealth();
   });
   $("reconnect-now").addEventListener("click", () => state.live && state.live.reconnectNow());
+  window.addEventListener("hashchange", () => showPage({ focus: true }));
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState !== "visible" || !state.live) return;
     // Timers sleep with the tab: renew a token that fell due, then reconnect with it.

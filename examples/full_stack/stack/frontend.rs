@@ -39,6 +39,8 @@ const LOGIN_JS: &str = include_str!("../assets/login.js");
 const TOAST_JS: &str = include_str!("../assets/toast.js");
 const JOBS_JS: &str = include_str!("../assets/jobs.js");
 const DRAWER_JS: &str = include_str!("../assets/drawer.js");
+const DIALOG_JS: &str = include_str!("../assets/dialog.js");
+const ADMIN_JS: &str = include_str!("../assets/admin.js");
 const FAVICON_SVG: &str = include_str!("../assets/favicon.svg");
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -130,6 +132,14 @@ pub fn router(
         .route(
             "/drawer.js",
             get(|| async { asset("text/javascript; charset=utf-8", DRAWER_JS) }),
+        )
+        .route(
+            "/dialog.js",
+            get(|| async { asset("text/javascript; charset=utf-8", DIALOG_JS) }),
+        )
+        .route(
+            "/admin.js",
+            get(|| async { asset("text/javascript; charset=utf-8", ADMIN_JS) }),
         )
         .route(
             "/favicon.svg",
