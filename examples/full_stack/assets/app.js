@@ -76,8 +76,9 @@ function enterApp(s) {
 }
 
 /** A renewed token: the socket moves to it, and the roles it carries may have changed. */
-function onRenewed() {
+function onRenewed(s) {
   if (state.live) state.live.renewed();
+  if (!s.hasPermissionClaim) loadPermissionsFromServer();
   renderUser();
   refreshCards();
   showPage();
