@@ -21,6 +21,8 @@ use anyhow::{Context, bail};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use stack::Stack;
+use stack::accounts::users::UserKey;
+use stack::accounts::{AccountStore, Origin};
 use stack::config::{Cli, LogFormat, Service};
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -251,7 +253,11 @@ async fn silent_refresh(client: &Client, base: &str) -> anyhow::Result<()> {
 
 /// The admin page: the admin adds a viewer; the viewer signs in and cannot start a job
 /// (the button is disabled, and the gateway refuses the call itself).
-async fn admin_adds_a_viewer(client: &Client, base: &str) -> anyhow::Result<()> {
+async fn admin_adds_a_viewer(
+    client: &Client,
+    base: &str,
+    accounts: &AccountStore,
+) -> anyhow::Result<()> {
     login(client, base, "admin@pulse.local", "admin").await?;
     client
         .find(Locator::Css(r#"[data-testid="nav-admin"]"#))
@@ -333,15 +339,23 @@ async fn admin_adds_a_viewer(client: &Client, base: &str) -> anyhow::Result<()> 
     if status != 403 {
         bail!("the new viewer's admin call was answered {status}, not 403");
     }
-    client
-        .find(Locator::Css(r#"[data-testid="logout"]"#))
-        .await?
-        .click()
+    // Disabled from the command line while signed in: the page goes back to sign-in
+    // and says why (at its next call or renewal, within a token's life).
+    accounts
+        .set_disabled(UserKey::Email("vera@example.org"), true, &Origin::cli())
         .await?;
+    until_true(
+        client,
+        "the page returns to sign-in with a message",
+        r#"const notice = document.getElementById("login-notice");
+           return !document.getElementById("login-view").hidden && !!notice && !notice.hidden
+               && notice.textContent.includes("sign in again");"#,
+    )
+    .await?;
     Ok(())
 }
 
-async fn scenario(client: &Client, base: &str) -> anyhow::Result<()> {
+async fn scenario(client: &Client, base: &str, accounts: &AccountStore) -> anyhow::Result<()> {
     login(client, base, "admin@pulse.local", "admin").await?;
     silent_refresh(client, base)
         .await
@@ -445,7 +459,7 @@ async fn scenario(client: &Client, base: &str) -> anyhow::Result<()> {
         .await?
         .click()
         .await?;
-    admin_adds_a_viewer(client, base)
+    admin_adds_a_viewer(client, base, accounts)
         .await
         .context("the admin page")?;
     Ok(())
@@ -535,7 +549,14 @@ impl BrowserRun {
 async fn the_dashboard_runs_a_job_live_and_respects_permissions() {
     // Short-lived access tokens: the page renews them silently while the test runs.
     let run = BrowserRun::start(&["--access-token-ttl-secs", "10"]).await;
-    let mut outcome = scenario(&run.client, &run.base).await;
+    let accounts = run
+        .stack
+        .backend
+        .as_ref()
+        .expect("backend")
+        .accounts
+        .clone();
+    let mut outcome = scenario(&run.client, &run.base, &accounts).await;
     if outcome.is_ok() {
         // The renewals went through the gateway, which recorded them.
         let query = stack::accounts::audit::AuditQuery {
