@@ -9,12 +9,23 @@
 #[allow(unreachable_pub)]
 mod stack;
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = stack::config::Cli::parse();
-    tokio::runtime::Builder::new_multi_thread()
+    let done = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(stack::run(cli))
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(stack::run(cli)));
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The causes, one line: what went wrong is the message, not a backtrace.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -43,7 +43,8 @@ async fn authentication_and_permissions() {
         )
         .await;
     assert_eq!(me.status, StatusCode::OK);
-    assert_eq!(me.body["user_id"], "viewer");
+    assert!(me.body["user_id"].is_string(), "{}", me.body);
+    assert_eq!(me.body["email"], "viewer@pulse.local");
     assert_eq!(me.body["roles"], json!(["viewer"]));
     assert_eq!(me.body["permissions"], json!(["etl.access"]));
     let jobs = t

@@ -119,7 +119,7 @@ async fn services_run_apart_and_share_generated_secrets() {
     })
     .await
     .expect("the run succeeds");
-    assert_eq!(run["requested_by"], "admin");
+    assert_eq!(run["requested_by"], t.user_id(&front, &token).await);
     t.stack.shutdown().await;
     backend.shutdown().await;
     etl.shutdown().await;

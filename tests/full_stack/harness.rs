@@ -126,9 +126,14 @@ pub(crate) async fn start_service(
     dir: &std::path::Path,
     extra: &[&str],
 ) -> Stack {
-    let _ = logs();
     let mut args = args(dir);
     args.extend(extra.iter().map(|s| (*s).to_owned()));
+    start_args(service, args).await
+}
+
+/// `service` started with exactly these arguments.
+pub(crate) async fn start_args(service: Service, args: Vec<String>) -> Stack {
+    let _ = logs();
     let cli = Cli::try_parse_from_args(args);
     tokio::time::timeout(DEADLINE, Stack::start(service, cli.options))
         .await
@@ -283,11 +288,26 @@ impl TestStack {
             .await;
         assert_eq!(answer.status, StatusCode::OK, "login: {}", answer.body);
         assert_eq!(answer.body["token_type"], "Bearer");
-        assert_eq!(answer.body["expires_in"], 3600);
+        assert_eq!(answer.body["expires_in"], 900);
         answer.body["access_token"]
             .as_str()
             .expect("access_token")
             .to_owned()
+    }
+
+    /// The user id (`sub`) of `token`, from `GET /api/auth/me` on `base`.
+    pub(crate) async fn user_id(&self, base: &str, token: &str) -> String {
+        let me = self
+            .call(
+                Method::GET,
+                &format!("{base}/api/auth/me"),
+                Some(token),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+        me.body["user_id"].as_str().expect("user_id").to_owned()
     }
 
     /// Poll the run until it is terminal.
@@ -342,5 +362,217 @@ pub(crate) async fn exchange(
         status,
         headers,
         body,
+    }
+}
+
+// ------------------------------------------------------------------ accounts and sessions
+
+pub(crate) use crate::stack::accounts::audit::{AuditAction, AuditQuery};
+pub(crate) use crate::stack::accounts::cli::{CliError, Console};
+pub(crate) use crate::stack::accounts::password::PasswordHashing;
+pub(crate) use crate::stack::accounts::{AccountStore, Origin};
+pub(crate) use crate::stack::config::Command;
+
+/// A signed-in session: the access token and the refresh cookie's value.
+pub(crate) struct Session {
+    pub(crate) token: String,
+    pub(crate) cookie: String,
+}
+
+/// The `pulse_refresh` value of an answer's `Set-Cookie` (empty when cleared).
+pub(crate) fn set_refresh_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("pulse_refresh="))
+        .map(|rest| rest.split(';').next().unwrap_or_default().to_owned())
+}
+
+/// The whole `Set-Cookie` line of the refresh cookie.
+pub(crate) fn refresh_cookie_line(headers: &HeaderMap) -> String {
+    headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("pulse_refresh="))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The same cheap Argon2 costs as the test stacks ([`args`]).
+pub(crate) fn test_hashing() -> PasswordHashing {
+    PasswordHashing::new(1024, 1).expect("argon2 parameters")
+}
+
+/// Run `full_stack <args…>` (a `users` or `roles` command) in process on `store`, with
+/// `stdin`; its output, or its error.
+pub(crate) async fn cli(
+    store: &AccountStore,
+    args: &[&str],
+    stdin: &str,
+) -> Result<String, CliError> {
+    let mut argv = vec!["full_stack"];
+    argv.extend_from_slice(args);
+    let cli = <Cli as clap::Parser>::try_parse_from(argv).expect("valid CLI arguments");
+    let hashing = test_hashing();
+    let mut out = Vec::new();
+    let mut input = std::io::Cursor::new(stdin.as_bytes().to_vec());
+    let mut console = Console {
+        store,
+        hashing: &hashing,
+        origin: Origin::cli(),
+        out: &mut out,
+        input: &mut input,
+    };
+    match cli.command.expect("a command") {
+        Command::Users(command) => console.users(&command).await?,
+        Command::Roles(command) => console.roles(&command).await?,
+        Command::Run(_) => panic!("not an accounts command"),
+    }
+    Ok(String::from_utf8(out).expect("utf-8 output"))
+}
+
+/// Poll `check` until it holds (it is retried every 50 ms up to [`DEADLINE`]).
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let done = tokio::time::timeout(DEADLINE, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "not in time: {what}");
+}
+
+impl TestStack {
+    /// The accounts store of the running gateway.
+    pub(crate) fn accounts(&self) -> AccountStore {
+        self.stack
+            .backend
+            .as_ref()
+            .expect("backend")
+            .accounts
+            .clone()
+    }
+
+    /// A store of its own on the gateway's database, as another process (the CLI) has.
+    pub(crate) async fn other_process_store(&self) -> AccountStore {
+        AccountStore::open(
+            &self.stack.options.database_url(),
+            self.stack.options.database_schema.as_deref(),
+        )
+        .await
+        .expect("the accounts database opens")
+    }
+
+    /// `POST /api/auth/login` on `base` as is.
+    pub(crate) async fn sign_in(&self, base: &str, email: &str, password: &str) -> Answer {
+        self.call(
+            Method::POST,
+            &format!("{base}/api/auth/login"),
+            None,
+            Some(json!({"email": email, "password": password})),
+            &[],
+        )
+        .await
+    }
+
+    /// Sign in on `base`: the token and the refresh cookie.
+    pub(crate) async fn session(&self, base: &str, email: &str, password: &str) -> Session {
+        let answer = self.sign_in(base, email, password).await;
+        assert_eq!(answer.status, StatusCode::OK, "login: {}", answer.body);
+        Session {
+            token: answer.body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            cookie: set_refresh_cookie(&answer.headers).expect("a refresh cookie"),
+        }
+    }
+
+    /// `POST /api/auth/refresh` on `base` with this refresh cookie (or none).
+    pub(crate) async fn refresh(&self, base: &str, cookie: Option<&str>) -> Answer {
+        let cookie = cookie.map(|c| format!("pulse_refresh={c}"));
+        let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("cookie", c.as_str())).collect();
+        self.call(
+            Method::POST,
+            &format!("{base}/api/auth/refresh"),
+            None,
+            None,
+            &headers,
+        )
+        .await
+    }
+
+    /// `POST /api/auth/logout` on `base` with this token and cookie.
+    pub(crate) async fn logout(
+        &self,
+        base: &str,
+        token: Option<&str>,
+        cookie: Option<&str>,
+    ) -> Answer {
+        let cookie = cookie.map(|c| format!("pulse_refresh={c}"));
+        let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("cookie", c.as_str())).collect();
+        self.call(
+            Method::POST,
+            &format!("{base}/api/auth/logout"),
+            token,
+            None,
+            &headers,
+        )
+        .await
+    }
+
+    /// `GET /api/etl/jobs` on `base` with `token`: the status (200, or 401 once revoked).
+    pub(crate) async fn jobs_status(&self, base: &str, token: &str) -> Answer {
+        self.call(
+            Method::GET,
+            &format!("{base}/api/etl/jobs"),
+            Some(token),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    /// Wait until `token` is refused as revoked on `base` (the gateway polls the
+    /// database's change counter every second).
+    pub(crate) async fn until_revoked(&self, base: &str, token: &str) {
+        eventually("the token is refused as revoked", || async {
+            let answer = self.jobs_status(base, token).await;
+            if answer.status == StatusCode::UNAUTHORIZED {
+                assert_eq!(answer.body["code"], "token_revoked", "{}", answer.body);
+                assert_eq!(
+                    answer.headers["www-authenticate"],
+                    "Bearer error=\"invalid_token\""
+                );
+                true
+            } else {
+                assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+                false
+            }
+        })
+        .await;
+    }
+
+    /// The audit events of `action`, newest first (read from the database).
+    pub(crate) async fn audit(&self, action: AuditAction) -> Vec<Value> {
+        let page = self
+            .accounts()
+            .audit_events(&AuditQuery {
+                action: Some(action),
+                limit: 200,
+                ..AuditQuery::default()
+            })
+            .await
+            .expect("audit events");
+        page.events
+            .into_iter()
+            .map(|e| serde_json::to_value(e).expect("serialisable"))
+            .collect()
     }
 }

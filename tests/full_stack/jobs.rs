@@ -46,8 +46,9 @@ async fn admin_starts_jira_sync_and_watches_it_succeed() {
         .await;
     assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
     let run_id = started.body["run_id"].as_str().expect("run_id").to_owned();
+    let admin_id = t.user_id(&front, &token).await;
     assert_eq!(
-        started.body["run"]["requested_by"], "admin",
+        started.body["run"]["requested_by"], admin_id,
         "identity comes from the token"
     );
 
@@ -99,7 +100,7 @@ async fn admin_starts_jira_sync_and_watches_it_succeed() {
     // Polling agrees, and the run is recorded as started by the token's user.
     let run = t.wait_terminal(&token, &run_id).await;
     assert_eq!(run["state"], "succeeded");
-    assert_eq!(run["requested_by"], "admin");
+    assert_eq!(run["requested_by"], admin_id);
     assert!(run["progress"]["done"].as_u64().unwrap_or(0) > 0);
 
     // Request ids. The gateway runs in edge mode: it never lets a client choose the id
@@ -128,7 +129,8 @@ async fn admin_starts_jira_sync_and_watches_it_succeed() {
                 let (service, request) = spans_of(line);
                 service.as_deref() == Some("backend")
                     && request.is_some_and(|r| {
-                        r["client_request_id"] == "client-chosen-id-43" && r["user_id"] == "admin"
+                        r["client_request_id"] == "client-chosen-id-43"
+                            && r["user_id"] == admin_id.as_str()
                     })
             });
             let etl_line = lines.iter().any(|line| {

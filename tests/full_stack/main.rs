@@ -11,7 +11,10 @@ mod stack;
 
 mod harness;
 
+mod accounts;
+mod admin;
 mod auth;
+mod cli;
 mod deployment;
 mod frontend;
 mod headers;
@@ -22,5 +25,6 @@ mod outage;
 mod postgres;
 mod prometheus;
 mod retry_after;
+mod sessions;
 mod tls;
 mod upstream_faults;

@@ -1,9 +1,13 @@
-// Pulse dashboard — HTTP client, session and permission helpers.
+// Pulse dashboard — HTTP client, JSON errors and permission helpers.
 //
 // Every call goes to the page's own origin: the frontend service forwards `/api/*`
-// and `/ws/*` to the gateway, and `/health` to the gateway's `/health`.
+// and `/ws/*` to the gateway, and `/health` to the gateway's `/health`. The access
+// token comes from the session (session.js), which plugs itself in with `useSession`.
 
-const TOKEN_KEY = "pulse.token";
+/** The permission to start and cancel jobs. */
+export const RUN_PERMISSION = "etl.jobs.run";
+/** The permission of the admin page and `/api/admin/*`. */
+export const ADMIN_PERMISSION = "users.manage";
 
 /** An HTTP or network failure, carrying what support needs (code, request id). */
 export class ApiError extends Error {
@@ -23,26 +27,24 @@ export class ApiError extends Error {
   }
 }
 
-// ---------------------------------------------------------------- session
+// ---------------------------------------------------------------- session hooks
 
-/** The stored access token, or null. */
-export function getToken() {
-  try {
-    return sessionStorage.getItem(TOKEN_KEY);
-  } catch {
-    return null;
-  }
+const sessionHooks = {
+  token: () => null,
+  renew: null,
+};
+
+/**
+ * Plug the session in. `token()` answers the access token to send (or null);
+ * `renew(sentToken, err)` is called when an authenticated call was refused with 401
+ * and answers the token to retry with once, or null when the session is over.
+ */
+export function useSession({ token, renew }) {
+  sessionHooks.token = token;
+  sessionHooks.renew = renew;
 }
 
-/** Store (or, with null, clear) the access token. */
-export function setToken(token) {
-  try {
-    if (token) sessionStorage.setItem(TOKEN_KEY, token);
-    else sessionStorage.removeItem(TOKEN_KEY);
-  } catch {
-    /* storage disabled: the session lasts as long as the page */
-  }
-}
+// ---------------------------------------------------------------- claims
 
 /**
  * Decode the payload of a JWT (base64url JSON), for display only — the gateway
@@ -122,20 +124,30 @@ function parseRetryAfter(value) {
 /**
  * Send a request to the page's origin and parse its JSON answer.
  *
- * Options: `body` (sent as JSON), `auth` (default true: add the bearer token),
- * `okStatuses` (statuses whose JSON body is returned instead of thrown, e.g. 503
- * for `/health`), `timeoutMs` (default 15 s).
+ * Options: `body` (sent as JSON), `auth` (default true: add the bearer token, and on a
+ * 401 let the session renew it and retry once — the gateway refuses before anything is
+ * forwarded, so a retried POST never runs twice), `okStatuses` (statuses whose JSON body
+ * is returned instead of thrown, e.g. 503 for `/health`), `timeoutMs` (default 15 s).
  * Returns `{status, data, requestId}`; throws ApiError otherwise.
  */
 export async function request(method, path, options = {}) {
-  const { body, auth = true, okStatuses = [], timeoutMs = 15000 } = options;
+  const auth = options.auth ?? true;
+  const token = auth ? sessionHooks.token() : null;
+  try {
+    return await send(method, path, options, token);
+  } catch (err) {
+    if (!token || !sessionHooks.renew || !(err instanceof ApiError) || err.status !== 401) throw err;
+    const renewed = await sessionHooks.renew(token, err);
+    if (!renewed) throw err;
+    return send(method, path, options, renewed);
+  }
+}
+
+async function send(method, path, { body, okStatuses = [], timeoutMs = 15000 }, token) {
   const sentId = newRequestId();
   const headers = { Accept: "application/json", "X-Request-ID": sentId };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (auth) {
-    const token = getToken();
-    if (token) headers.Authorization = `Bearer ${token}`;
-  }
+  if (token) headers.Authorization = `Bearer ${token}`;
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), timeoutMs);
   let response;
@@ -144,6 +156,7 @@ export async function request(method, path, options = {}) {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
+      // The refresh cookie (HttpOnly, path /api/auth/) rides along on same-origin calls only.
       credentials: "same-origin",
       cache: "no-store",
       signal: controller.signal,
@@ -196,6 +209,10 @@ const enc = encodeURIComponent;
 export const api = {
   login: (email, password) =>
     request("POST", "/api/auth/login", { body: { email, password }, auth: false }),
+  // Cookie only: the HttpOnly refresh token is rotated by the answer.
+  refresh: () => request("POST", "/api/auth/refresh", { auth: false }),
+  logout: () => request("POST", "/api/auth/logout"),
+  setup: () => request("GET", "/api/auth/setup", { auth: false, timeoutMs: 8000 }),
   me: () => request("GET", "/api/auth/me"),
   jobs: () => request("GET", "/api/etl/jobs"),
   status: () => request("GET", "/api/etl/jobs/status"),
@@ -206,6 +223,32 @@ export const api = {
   logs: (id) => request("GET", `/api/etl/runs/${enc(id)}/logs`),
   cancelRun: (id) => request("POST", `/api/etl/runs/${enc(id)}/cancel`, { body: {} }),
   health: () => request("GET", "/health", { auth: false, okStatuses: [503], timeoutMs: 8000 }),
+};
+
+/** The admin API (`users.manage`). */
+export const adminApi = {
+  users: () => request("GET", "/api/admin/users"),
+  /** `{email, roles, password?}`; without a password the answer carries a generated one. */
+  addUser: (user) => request("POST", "/api/admin/users", { body: user }),
+  /** `{roles?, disabled?}`. */
+  updateUser: (id, patch) => request("PATCH", `/api/admin/users/${enc(id)}`, { body: patch }),
+  /** Without a password the answer carries a generated one. */
+  resetPassword: (id, password) =>
+    request("POST", `/api/admin/users/${enc(id)}/password`, { body: password ? { password } : {} }),
+  removeUser: (id) => request("DELETE", `/api/admin/users/${enc(id)}`),
+  roles: () => request("GET", "/api/admin/roles"),
+  /** `{name, permissions, description?}`. */
+  addRole: (role) => request("POST", "/api/admin/roles", { body: role }),
+  removeRole: (name) => request("DELETE", `/api/admin/roles/${enc(name)}`),
+  /** `filters`: `{action?, actor?, target?, before?, limit?}`; empty ones are left out. */
+  audit: (filters = {}) => {
+    const query = new URLSearchParams();
+    for (const [key, value] of Object.entries(filters)) {
+      if (value !== undefined && value !== null && value !== "") query.set(key, String(value));
+    }
+    const qs = query.toString();
+    return request("GET", `/api/admin/audit${qs ? `?${qs}` : ""}`);
+  },
 };
 
 /**
@@ -221,12 +264,14 @@ export function describeError(err, ctx = {}) {
     case 0:
       return { title: "Network error", text: err.message };
     case 401:
-      return { title: "Session expired", text: "Your session expired — please sign in again." };
+      return { title: "Session ended", text: "Your session ended — sign in again." };
     case 403:
       return {
         title: "Permission denied",
         text: `Not allowed: you don't have permission to ${what}.`,
       };
+    case 404:
+      return { title: "Not found", text: err.message };
     case 409: {
       if (ctx.action === "start") {
         const runId = (err.body && err.body.run_id) || "unknown";

@@ -20,6 +20,11 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+/** Set an element's text, leaving the DOM alone when it is already right. */
+export function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
 /** Replace an element's children, skipping null/false ones. */
 export function fill(el, ...children) {
   el.replaceChildren();
@@ -43,6 +48,13 @@ const ICONS = {
   stop: "M6 6h12v12H6z",
   refresh: "M17.7 6.3A8 8 0 1 0 19.7 14h-2.1a6 6 0 1 1-1.4-6.2L13 11h7V4z",
   logs: "M4 5h16v2H4zm0 4h10v2H4zm0 4h16v2H4zm0 4h10v2H4z",
+  plus: "M11 5h2v6h6v2h-6v6h-2v-6H5v-2h6z",
+  trash: "M9 3h6l1 1h4v2H4V4h4zM6 8h12l-1 13H7z",
+  key: "M7 15a3 3 0 1 1 0-6 3 3 0 0 1 0 6zm5.7-5A6 6 0 1 0 12.7 14H16v3h3v-3h2v-4z",
+  shield: "M12 2 4 5v6c0 5 3.4 9.4 8 11 4.6-1.6 8-6 8-11V5z",
+  copy: "M16 1H4a2 2 0 0 0-2 2v14h2V3h12zm3 4H8a2 2 0 0 0-2 2v14a2 2 0 0 0 2 2h11a2 2 0 0 0 2-2V7a2 2 0 0 0-2-2zm0 16H8V7h11z",
+  block: "M12 2a10 10 0 1 0 0 20 10 10 0 0 0 0-20zM4 12a8 8 0 0 1 12.9-6.3L5.7 16.9A8 8 0 0 1 4 12zm8 8a8 8 0 0 1-4.9-1.7L18.3 7.1A8 8 0 0 1 12 20z",
+  check: "M9 16.2 4.8 12l-1.4 1.4L9 19 21 7l-1.4-1.4z",
 };
 
 /** A small decorative icon. */
@@ -150,6 +162,28 @@ export function progressText(run) {
     return "";
   }
   return parts.join(" · ");
+}
+
+// ---------------------------------------------------------------- runs
+
+const RANK = { idle: -1, pending: 0, running: 1, retrying: 1, cancelling: 2, succeeded: 3, failed: 3, cancelled: 3 };
+
+/** Whether run `a` was created after run `b` (ids are UUID v7: they sort by time too). */
+export function isNewerRun(a, b) {
+  const ta = Date.parse(a.created_at || "");
+  const tb = Date.parse(b.created_at || "");
+  if (!Number.isNaN(ta) && !Number.isNaN(tb) && ta !== tb) return ta > tb;
+  return String(a.id) > String(b.id);
+}
+
+/** Merge an update of the same run, never moving it backwards. */
+export function mergeRun(current, incoming) {
+  if (!current || current.id !== incoming.id) return incoming;
+  const ra = RANK[incoming.state] ?? 1;
+  const rb = RANK[current.state] ?? 1;
+  if ((incoming.attempts ?? 0) < (current.attempts ?? 0)) return current;
+  if ((incoming.attempts ?? 0) === (current.attempts ?? 0) && ra < rb) return current;
+  return { ...current, ...incoming };
 }
 
 // ---------------------------------------------------------------- components

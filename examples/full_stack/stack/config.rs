@@ -10,6 +10,8 @@ use anyhow::{Context, bail};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use rand::RngCore;
 
+use super::accounts::cli::{RolesCommand, UsersCommand};
+use super::accounts::{DEFAULT_ACCESS_TTL, DEFAULT_REFRESH_TTL, SessionPolicy};
 use super::backend::auth::hasher::HashingPool;
 use super::serve::{self, Limits};
 
@@ -22,16 +24,31 @@ use super::serve::{self, Limits};
     long_about = "Pulse: a browser dashboard (frontend, :3000), an API gateway (backend, :8000) and an \
 internal ETL job service (:8001). Without a subcommand all three run in this process, each on its own \
 listener; `frontend`, `backend` or `etl` runs one alone (they find each other with PULSE_BACKEND_URL and \
-PULSE_ETL_URL).\n\nSecrets not given (PULSE_JWT_SECRET, PULSE_INTERNAL_KEYS) are generated once and kept \
+PULSE_ETL_URL). `users` and `roles` manage the gateway's accounts on the same database, also while the \
+stack runs.\n\nSecrets not given (PULSE_JWT_SECRET, PULSE_INTERNAL_KEYS) are generated once and kept \
 in the data folder (mode 0600), so separate processes and restarts share them. Secrets are never printed."
 )]
 pub struct Cli {
-    /// Which service to run (default: all three).
+    /// Which service to run (default: all three), or an accounts command.
     #[command(subcommand)]
-    pub command: Option<Service>,
+    pub command: Option<Command>,
     /// Settings shared by every service.
     #[command(flatten)]
     pub options: Options,
+}
+
+/// What the program does: run services, or manage accounts.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Run services.
+    #[command(flatten)]
+    Run(Service),
+    /// Manage the gateway's users (on the same database; also while the stack runs).
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Manage the gateway's roles and their permissions.
+    #[command(subcommand)]
+    Roles(RolesCommand),
 }
 
 /// One service, or all of them.
@@ -78,14 +95,20 @@ pub struct Options {
     /// The ETL service's URL as the gateway reaches it [default: from --etl-addr].
     #[arg(long, env = "PULSE_ETL_URL")]
     pub etl_url: Option<String>,
-    /// The job store: `sqlite://path` or `postgres://…` [default: SQLite file in the data folder].
-    #[arg(long, env = "PULSE_DATABASE_URL", hide_env_values = true)]
+    /// The job store and the gateway's accounts: `sqlite://path` or `postgres://…`
+    /// [default: SQLite file in the data folder].
+    #[arg(
+        long,
+        env = "PULSE_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url: Option<String>,
     /// PostgreSQL only: keep the tables in this schema (letters, digits, `_`) [default: public].
-    #[arg(long, env = "PULSE_DATABASE_SCHEMA")]
+    #[arg(long, env = "PULSE_DATABASE_SCHEMA", global = true)]
     pub database_schema: Option<String>,
     /// The data folder: SQLite database, generated secrets, self-signed certificate.
-    #[arg(long, env = "PULSE_DATA_DIR", default_value = "data")]
+    #[arg(long, env = "PULSE_DATA_DIR", default_value = "data", global = true)]
     pub data_dir: PathBuf,
     /// HS256 secret of user tokens, at least 32 bytes [default: generated, kept in the data folder].
     #[arg(long, env = "PULSE_JWT_SECRET", hide_env_values = true)]
@@ -93,6 +116,31 @@ pub struct Options {
     /// Internal keys `id:secret,…`: the first is sent, all are accepted [default: generated, kept in the data folder].
     #[arg(long, env = "PULSE_INTERNAL_KEYS", hide_env_values = true)]
     pub internal_keys: Option<String>,
+    /// Lifetime of access tokens (JWT), in seconds.
+    #[arg(
+        long,
+        env = "PULSE_ACCESS_TOKEN_TTL_SECS",
+        default_value_t = DEFAULT_ACCESS_TTL.as_secs(),
+        value_parser = clap::value_parser!(u64).range(10..=86_400)
+    )]
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of each refresh token (the `pulse_refresh` cookie), in seconds; each
+    /// refresh starts a new one.
+    #[arg(
+        long,
+        env = "PULSE_REFRESH_TOKEN_TTL_SECS",
+        default_value_t = DEFAULT_REFRESH_TTL.as_secs(),
+        value_parser = clap::value_parser!(u64).range(60..=31_536_000)
+    )]
+    pub refresh_token_ttl_secs: u64,
+    /// Days the audit trail keeps its events (older ones are pruned every hour).
+    #[arg(
+        long,
+        env = "PULSE_AUDIT_RETENTION_DAYS",
+        default_value_t = 90,
+        value_parser = clap::value_parser!(u32).range(1..=36_500)
+    )]
+    pub audit_retention_days: u32,
     /// Seed the demo users admin@pulse.local/admin and viewer@pulse.local/viewer.
     #[arg(long, env = "PULSE_DEMO", default_value_t = true, action = ArgAction::Set)]
     pub demo: bool,
@@ -100,7 +148,13 @@ pub struct Options {
     #[arg(long)]
     pub no_demo: bool,
     /// Log format.
-    #[arg(long, env = "PULSE_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "PULSE_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
     /// PEM certificate (chain): the backend and the frontend serve HTTPS.
     #[arg(long, env = "PULSE_TLS_CERT", requires = "tls_key")]
@@ -146,7 +200,8 @@ pub struct Options {
         long,
         env = "PULSE_ARGON2_MEMORY_KIB",
         default_value_t = 19456,
-        hide = true
+        hide = true,
+        global = true
     )]
     pub argon2_memory_kib: u32,
     /// Argon2id time cost (iterations).
@@ -154,7 +209,8 @@ pub struct Options {
         long,
         env = "PULSE_ARGON2_ITERATIONS",
         default_value_t = 2,
-        hide = true
+        hide = true,
+        global = true
     )]
     pub argon2_iterations: u32,
     /// Password checks run at once at most (each takes the Argon2id memory cost)
@@ -227,6 +283,14 @@ impl Options {
         (workers, queue)
     }
 
+    /// How long access and refresh tokens live.
+    pub fn session_policy(&self) -> SessionPolicy {
+        SessionPolicy {
+            access_ttl: Duration::from_secs(self.access_token_ttl_secs),
+            refresh_ttl: Duration::from_secs(self.refresh_token_ttl_secs),
+        }
+    }
+
     /// The shutdown grace period.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
@@ -270,7 +334,7 @@ impl Options {
             .unwrap_or_else(|| format!("http://{}", connectable(self.etl_addr)))
     }
 
-    /// The job store URL.
+    /// The database URL (the job store's and the gateway's accounts).
     pub fn database_url(&self) -> String {
         self.database_url
             .clone()

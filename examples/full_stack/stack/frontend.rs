@@ -34,6 +34,13 @@ const APP_JS: &str = include_str!("../assets/app.js");
 const API_JS: &str = include_str!("../assets/api.js");
 const VIEWS_JS: &str = include_str!("../assets/views.js");
 const WS_JS: &str = include_str!("../assets/ws.js");
+const SESSION_JS: &str = include_str!("../assets/session.js");
+const LOGIN_JS: &str = include_str!("../assets/login.js");
+const TOAST_JS: &str = include_str!("../assets/toast.js");
+const JOBS_JS: &str = include_str!("../assets/jobs.js");
+const DRAWER_JS: &str = include_str!("../assets/drawer.js");
+const DIALOG_JS: &str = include_str!("../assets/dialog.js");
+const ADMIN_JS: &str = include_str!("../assets/admin.js");
 const FAVICON_SVG: &str = include_str!("../assets/favicon.svg");
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -105,6 +112,34 @@ pub fn router(
         .route(
             "/ws.js",
             get(|| async { asset("text/javascript; charset=utf-8", WS_JS) }),
+        )
+        .route(
+            "/session.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SESSION_JS) }),
+        )
+        .route(
+            "/login.js",
+            get(|| async { asset("text/javascript; charset=utf-8", LOGIN_JS) }),
+        )
+        .route(
+            "/toast.js",
+            get(|| async { asset("text/javascript; charset=utf-8", TOAST_JS) }),
+        )
+        .route(
+            "/jobs.js",
+            get(|| async { asset("text/javascript; charset=utf-8", JOBS_JS) }),
+        )
+        .route(
+            "/drawer.js",
+            get(|| async { asset("text/javascript; charset=utf-8", DRAWER_JS) }),
+        )
+        .route(
+            "/dialog.js",
+            get(|| async { asset("text/javascript; charset=utf-8", DIALOG_JS) }),
+        )
+        .route(
+            "/admin.js",
+            get(|| async { asset("text/javascript; charset=utf-8", ADMIN_JS) }),
         )
         .route(
             "/favicon.svg",

@@ -2,6 +2,9 @@
 //! on its own listener, talking over real HTTP. `main.rs` parses the command line and
 //! calls [`run`]; the integration tests start the same services with [`Stack::start`].
 
+// Wired into the gateway step by step (sessions, admin API, audit).
+#[allow(dead_code)]
+pub mod accounts;
 pub mod backend;
 pub mod config;
 pub mod etl;
@@ -15,8 +18,11 @@ pub mod tls;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use self::accounts::AccountStore;
+use self::accounts::cli::{CliError, Console};
+use self::accounts::password::PasswordHashing;
 use self::backend::BackendService;
-use self::config::{Cli, Options, Secrets, Service};
+use self::config::{Cli, Command, Options, Secrets, Service};
 use self::etl::EtlService;
 use self::serve::Running;
 
@@ -174,7 +180,7 @@ impl Stack {
                 ));
             }
         }
-        if self.backend.is_some() {
+        if let Some(backend) = &self.backend {
             if self.options.demo_enabled() {
                 lines.push(String::new());
                 lines.push(
@@ -186,7 +192,10 @@ impl Stack {
                         .to_owned(),
                 );
             } else {
-                lines.push("  no users seeded (--no-demo)".to_owned());
+                lines.push("  no demo users seeded (--no-demo)".to_owned());
+            }
+            if backend.bootstrap_required {
+                lines.push(format!("  {}", accounts::seed::NO_ADMINISTRATOR));
             }
         }
         lines.push(String::new());
@@ -208,17 +217,47 @@ async fn bind(addr: &mut std::net::SocketAddr, what: &str) -> anyhow::Result<Tcp
     Ok(listener)
 }
 
-/// Run until Ctrl-C (or SIGTERM), then shut down gracefully.
+/// Run the command: an accounts command, or the services until Ctrl-C (or SIGTERM),
+/// then shut down gracefully.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let service = match cli.command {
+        None => Service::All,
+        Some(Command::Run(service)) => service,
+        Some(command) => return accounts_command(&cli.options, &command).await,
+    };
     telemetry::init_logs(cli.options.log_format);
     let _ = telemetry::prometheus();
-    let service = cli.command.unwrap_or(Service::All);
     let stack = Stack::start(service, cli.options).await?;
     println!("{}", stack.banner());
     shutdown_signal().await;
     tracing::info!("shutting down");
     stack.shutdown().await;
     Ok(())
+}
+
+/// Run an accounts command on the database of `options`, with standard input and output.
+async fn accounts_command(options: &Options, command: &Command) -> anyhow::Result<()> {
+    // Warnings only: the command's own output is what the user reads.
+    telemetry::init_cli_logs();
+    let store = AccountStore::open(&options.database_url(), options.database_schema.as_deref())
+        .await?
+        .with_policy(options.session_policy());
+    let hashing = PasswordHashing::new(options.argon2_memory_kib, options.argon2_iterations)?;
+    let mut stdout = std::io::stdout().lock();
+    let mut stdin = std::io::stdin().lock();
+    let mut console = Console {
+        store: &store,
+        hashing: &hashing,
+        origin: accounts::Origin::cli(),
+        out: &mut stdout,
+        input: &mut stdin,
+    };
+    let done: Result<(), CliError> = match command {
+        Command::Users(command) => console.users(command).await,
+        Command::Roles(command) => console.roles(command).await,
+        Command::Run(_) => Ok(()),
+    };
+    Ok(done?)
 }
 
 async fn shutdown_signal() {

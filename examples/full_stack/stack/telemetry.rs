@@ -40,6 +40,16 @@ where
     };
 }
 
+/// Logs of an accounts command: warnings and errors only, to standard error, so the
+/// command's output stays readable (and parseable with `--json`).
+pub fn init_cli_logs() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// The process-wide Prometheus handle (installs the recorder on first use).
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

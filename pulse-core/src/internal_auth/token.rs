@@ -91,7 +91,7 @@ impl InternalTokenMinter {
     pub fn mint(&self, identity: &Identity, audience: &str) -> Result<String, IssueError> {
         Ok(self
             .issuer
-            .issue_for(identity, Some(audience))?
+            .issue_for(identity, Some(audience), &crate::jwt::IssueOptions::new())?
             .access_token)
     }
 

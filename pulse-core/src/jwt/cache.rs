@@ -2,13 +2,14 @@
 
 use std::{
     fmt,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use moka::{Expiry, sync::Cache};
 use sha2::{Digest, Sha256};
 
-use super::claims::unix_seconds;
+use super::{Claims, claims::unix_seconds};
 use crate::identity::Identity;
 
 /// A cache of verified tokens, keyed by the SHA-256 of the token (the token itself
@@ -38,6 +39,8 @@ pub struct VerifiedTokenCache {
 #[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) identity: Identity,
+    /// For the revocation check, which runs on cache hits too.
+    pub(crate) claims: Arc<Claims>,
     pub(crate) exp: u64,
 }
 
@@ -74,9 +77,15 @@ impl VerifiedTokenCache {
         self.entries.get(&Self::key(token))
     }
 
-    pub(crate) fn insert(&self, token: &str, identity: Identity, exp: u64) {
-        self.entries
-            .insert(Self::key(token), Entry { identity, exp });
+    pub(crate) fn insert(&self, token: &str, identity: Identity, claims: Arc<Claims>, exp: u64) {
+        self.entries.insert(
+            Self::key(token),
+            Entry {
+                identity,
+                claims,
+                exp,
+            },
+        );
     }
 
     /// Forget every token (e.g. after removing a key).

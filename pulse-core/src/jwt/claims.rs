@@ -46,6 +46,10 @@ pub struct Claims {
     /// Unique token id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// Session id (OpenID Connect's `sid`): the login session the token was issued
+    /// in, so that ending the session can revoke every token of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
     /// The user's e-mail address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,

@@ -100,6 +100,10 @@ pub enum TokenError {
     /// The token's `jti` was seen before by a verifier with replay protection.
     #[error("token already used")]
     Replayed,
+    /// The token verified, but the verifier's [`TokenRevocation`](super::TokenRevocation)
+    /// hook says it was revoked since it was issued.
+    #[error("{0}")]
+    Revoked(super::Revoked),
 }
 
 impl TokenError {
@@ -124,6 +128,7 @@ impl TokenError {
             Self::WrongIssuer => "wrong_issuer",
             Self::WrongAudience => "wrong_audience",
             Self::Replayed => "replayed",
+            Self::Revoked(_) => "revoked",
         }
     }
 }

@@ -134,7 +134,17 @@ impl TokenIssuer {
 
     /// Sign a token for `identity`.
     pub fn issue(&self, identity: &Identity) -> Result<IssuedToken, IssueError> {
-        self.issue_for(identity, self.audience.as_deref())
+        self.issue_for(identity, self.audience.as_deref(), &IssueOptions::new())
+    }
+
+    /// Sign a token for `identity` as [`issue`](Self::issue) does, with `options`: a
+    /// session id (`sid`), an earliest issue time.
+    pub fn issue_with(
+        &self,
+        identity: &Identity,
+        options: &IssueOptions,
+    ) -> Result<IssuedToken, IssueError> {
+        self.issue_for(identity, self.audience.as_deref(), options)
     }
 
     /// Sign a token for `identity` with this audience instead of the configured one.
@@ -142,8 +152,12 @@ impl TokenIssuer {
         &self,
         identity: &Identity,
         audience: Option<&str>,
+        options: &IssueOptions,
     ) -> Result<IssuedToken, IssueError> {
-        let now = unix_seconds((self.clock)());
+        let mut now = unix_seconds((self.clock)());
+        if let Some(earliest) = options.not_issued_before {
+            now = now.max(unix_seconds(earliest));
+        }
         let lifetime = self.lifetime.as_secs();
         let exp = now.saturating_add(lifetime);
         let jti = uuid::Uuid::new_v4().to_string();
@@ -154,6 +168,7 @@ impl TokenIssuer {
         claims.iss.clone_from(&self.issuer);
         claims.aud = audience.map(|a| Audience::One(a.to_owned()));
         claims.jti = Some(jti.clone());
+        claims.sid.clone_from(&options.session_id);
         let access_token = self.key.sign(self.typ, &claims).map_err(IssueError::new)?;
         Ok(IssuedToken {
             access_token,
@@ -162,6 +177,59 @@ impl TokenIssuer {
             expires_at: UNIX_EPOCH + Duration::from_secs(exp),
             jti,
         })
+    }
+}
+
+/// What [`TokenIssuer::issue_with`] adds to a token.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use pulse_core::{Identity, jwt::{IssueOptions, JwtVerifier, SigningKey, TokenIssuer, VerificationKey}};
+///
+/// let issuer = TokenIssuer::new(SigningKey::hmac([4u8; 32])?);
+/// let soon = SystemTime::now() + Duration::from_secs(1);
+/// let options = IssueOptions::new().with_session_id("family-7").issued_no_earlier_than(soon);
+/// let token = issuer.issue_with(&Identity::new("u1"), &options)?;
+/// let claims = JwtVerifier::new(VerificationKey::hmac([4u8; 32])?).verify_claims(&token.access_token)?;
+/// assert_eq!(claims.sid.as_deref(), Some("family-7"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IssueOptions {
+    session_id: Option<String>,
+    not_issued_before: Option<SystemTime>,
+}
+
+impl IssueOptions {
+    /// No options: what [`TokenIssuer::issue`] does.
+    pub const fn new() -> Self {
+        Self {
+            session_id: None,
+            not_issued_before: None,
+        }
+    }
+
+    /// Write the session id `sid` (OpenID Connect), so that ending the session can
+    /// revoke the token (see [`TokenRevocation`](super::TokenRevocation)).
+    #[must_use]
+    pub fn with_session_id(mut self, session_id: impl Into<String>) -> Self {
+        self.session_id = Some(session_id.into());
+        self
+    }
+
+    /// Issue the token at `earliest` if the clock is behind it (`iat`, and `exp` with
+    /// it, move forward; the lifetime stays).
+    ///
+    /// `iat` has whole seconds. A revocation of every token a subject got before a
+    /// moment (a password change) is therefore kept as the next whole second, and a
+    /// token issued within the same second, after the change, must not fall before it:
+    /// issue it no earlier than that second. Keep `earliest` within the verifiers'
+    /// leeway of now (a second is enough).
+    #[must_use]
+    pub const fn issued_no_earlier_than(mut self, earliest: SystemTime) -> Self {
+        self.not_issued_before = Some(earliest);
+        self
     }
 }
 

@@ -36,6 +36,12 @@
 //! fetched from a URL and refreshed in the background. [`TokenIssuer`] signs tokens
 //! for login endpoints; [`VerifiedTokenCache`] spares hot paths repeated verification.
 //!
+//! **Revocation.** A verified token can still be refused by a [`TokenRevocation`] hook
+//! ([`JwtVerifier::with_revocation`]), consulted on every verification (cache hits
+//! included) with the token's claims: its `jti`, its session `sid`, and `sub` + `iat`
+//! against a per-subject "valid after" moment. Such tokens are answered 401
+//! `token_revoked`, with `WWW-Authenticate: Bearer error="invalid_token"`.
+//!
 //! ```
 //! use http::{Request, Response, StatusCode, header::AUTHORIZATION};
 //! use pulse_core::{Identity, jwt::{JwtAuthLayer, JwtVerifier, SigningKey, TokenIssuer, USER_TOKEN_TYPE, VerificationKey}};
@@ -84,6 +90,7 @@ mod jwks;
 mod key;
 mod key_set;
 mod layer;
+mod revocation;
 mod service;
 mod verifier;
 
@@ -91,7 +98,7 @@ pub use cache::VerifiedTokenCache;
 pub use claims::{Audience, Claims};
 pub use error::{IssueError, KeyError, TokenError};
 pub use future::ResponseFuture;
-pub use issuer::{DEFAULT_TOKEN_LIFETIME, IssuedToken, TokenIssuer};
+pub use issuer::{DEFAULT_TOKEN_LIFETIME, IssueOptions, IssuedToken, TokenIssuer};
 /// The signature algorithms, re-exported from `jsonwebtoken`.
 pub use jsonwebtoken::Algorithm;
 #[cfg(feature = "jwks")]
@@ -102,8 +109,9 @@ pub use jwks::{
 pub use key::{SigningKey, VerificationKey};
 pub use key_set::{KeySet, KeySource};
 pub use layer::JwtAuthLayer;
+pub use revocation::{Revoked, TokenRevocation};
 pub use service::JwtAuth;
-pub use verifier::{JwtVerifier, bearer_token};
+pub use verifier::{JwtVerifier, TOKEN_REVOKED, bearer_token};
 
 /// The shortest HMAC secret accepted: 32 bytes (256 bits, the size of HS256's hash).
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;

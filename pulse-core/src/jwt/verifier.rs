@@ -10,11 +10,15 @@ use std::{
 use http::{HeaderMap, header::AUTHORIZATION};
 use jsonwebtoken::errors::ErrorKind;
 
+use super::revocation::RevocationHook;
 use super::{
     Claims, DEFAULT_LEEWAY, DEFAULT_MAX_LEEWAY, DEFAULT_MAX_LIFETIME, KeySource, MAX_TOKEN_BYTES,
     TokenError, VerifiedTokenCache, claims::unix_seconds, key::MAX_KID_LEN,
 };
-use crate::{error::ApiError, identity::Identity};
+use crate::{
+    error::{ApiError, ErrorCode},
+    identity::Identity,
+};
 
 /// Where verifiers read the time; tests inject a fixed one.
 pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -84,6 +88,7 @@ struct Config {
     require_iat: bool,
     clock: Clock,
     cache: Option<VerifiedTokenCache>,
+    revocation: Option<RevocationHook>,
 }
 
 impl JwtVerifier {
@@ -103,6 +108,7 @@ impl JwtVerifier {
                 require_iat: true,
                 clock: Arc::new(SystemTime::now),
                 cache: None,
+                revocation: None,
             }),
         }
     }
@@ -206,6 +212,16 @@ impl JwtVerifier {
         self
     }
 
+    /// Consult `revocation` after every successful verification (cache hits
+    /// included): a token it refuses is [`TokenError::Revoked`], answered 401
+    /// `token_revoked`. It runs once per request, so it must not do I/O (see
+    /// [`TokenRevocation`](super::TokenRevocation)).
+    #[must_use]
+    pub fn with_revocation(mut self, revocation: impl super::TokenRevocation) -> Self {
+        self.config_mut().revocation = Some(RevocationHook(Arc::new(revocation)));
+        self
+    }
+
     /// The effective leeway: the configured one, capped.
     pub fn leeway(&self) -> Duration {
         self.config.leeway.min(self.config.max_leeway)
@@ -233,18 +249,20 @@ impl JwtVerifier {
         if let Some(cache) = &self.config.cache
             && let Some(hit) = cache.get(token)
         {
-            // A cached token is still subject to its expiry under this clock.
-            if now < hit.exp.saturating_add(leeway) {
-                return Ok(hit.identity);
+            // A cached token is still subject to its expiry under this clock, and to
+            // revocations made since it was cached.
+            if now >= hit.exp.saturating_add(leeway) {
+                return Err(TokenError::Expired);
             }
-            return Err(TokenError::Expired);
+            self.check_revocation(&hit.claims)?;
+            return Ok(hit.identity);
         }
         let claims = self.verify_claims(token)?;
         let identity = claims
             .to_identity()
             .ok_or(TokenError::MissingClaim("sub"))?;
         if let (Some(cache), Some(exp)) = (&self.config.cache, claims.exp) {
-            cache.insert(token, identity.clone(), exp);
+            cache.insert(token, identity.clone(), Arc::new(claims), exp);
         }
         Ok(identity)
     }
@@ -289,7 +307,15 @@ impl JwtVerifier {
             })?
             .claims;
         self.check_claims(&claims)?;
+        self.check_revocation(&claims)?;
         Ok(claims)
+    }
+
+    fn check_revocation(&self, claims: &Claims) -> Result<(), TokenError> {
+        match &self.config.revocation {
+            Some(hook) => hook.0.check(claims).map_err(TokenError::Revoked),
+            None => Ok(()),
+        }
     }
 
     fn accepts_type(&self, typ: Option<&str>) -> bool {
@@ -357,6 +383,9 @@ impl JwtVerifier {
     }
 }
 
+/// The error code of a revoked token (401, `WWW-Authenticate: Bearer error="invalid_token"`).
+pub const TOKEN_REVOKED: ErrorCode = ErrorCode::new("token_revoked");
+
 /// The `typ` values a verifier without [`JwtVerifier::with_required_type`] accepts
 /// (besides none), normalised: user access tokens (RFC 9068) and plain JWTs.
 const DEFAULT_ACCEPTED_TYPES: [&str; 2] = ["at+jwt", "jwt"];
@@ -418,10 +447,20 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenError> {
 
 impl TokenError {
     /// The answer to a request refused for this reason: 401 `unauthorized` when no
-    /// token was sent, 401 `invalid_token` otherwise, both with `WWW-Authenticate`.
+    /// token was sent, 401 `token_revoked` for a revoked one, 401 `invalid_token`
+    /// otherwise, all with `WWW-Authenticate`.
     pub fn to_api_error(&self) -> ApiError {
         match self {
             Self::Missing => ApiError::unauthorized(),
+            Self::Revoked(_) => ApiError::new(
+                http::StatusCode::UNAUTHORIZED,
+                TOKEN_REVOKED,
+                "Token revoked; sign in again",
+            )
+            .with_header(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            ),
             _ => ApiError::invalid_token(),
         }
     }
@@ -439,6 +478,7 @@ impl fmt::Debug for JwtVerifier {
             .field("required_types", &c.required_types)
             .field("require_iat", &c.require_iat)
             .field("cache", &c.cache.is_some())
+            .field("revocation", &c.revocation.is_some())
             .finish_non_exhaustive()
     }
 }

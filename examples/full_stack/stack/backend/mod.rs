@@ -2,7 +2,9 @@
 //! breaker and cache, `/ws/job-status` and `/health` on the public listener; `/metrics`
 //! on its own (private) listener.
 
+pub mod admin;
 pub mod auth;
+pub mod job_audit;
 pub mod metrics;
 pub mod ws;
 
@@ -23,7 +25,7 @@ use pulse_core::internal_auth::{InternalCredentialLayer, InternalTokenMinter, Ke
 use pulse_core::jwt::{
     JwtAuthLayer, JwtVerifier, SigningKey, TokenIssuer, VerificationKey, VerifiedTokenCache,
 };
-use pulse_core::rbac::{Role, RoleMap, RuleTable};
+use pulse_core::rbac::RuleTable;
 use pulse_core::request_id::RequestId;
 use pulse_core::{AuthorizeLayer, RequestIdLayer};
 use pulse_etl::client::EtlClient;
@@ -42,8 +44,13 @@ use tracing::Level;
 use self::auth::client_addr::ClientAddrResolver;
 use self::auth::hasher::HashingPool;
 use self::auth::throttle::{LoginThrottle, MemoryThrottleStore, ThrottleKeys, ThrottlePolicy};
-use self::auth::{Auth, json_error};
+use self::auth::{Auth, AuthParts, json_error};
 use self::ws::Hub;
+use super::accounts::housekeeping::{self, Retention};
+use super::accounts::password::PasswordHashing;
+use super::accounts::revocation::{POLL_INTERVAL, RevocationList};
+use super::accounts::seed::{announce_bootstrap, seed_demo};
+use super::accounts::{AccountStore, MANAGE_USERS};
 use super::config::{Options, Secrets};
 use super::etl::{INTERNAL_TOKEN_AUDIENCE, INTERNAL_TOKEN_ISSUER};
 use super::serve::{Running, serve};
@@ -52,8 +59,6 @@ use super::serve::{Running, serve};
 pub const TOKEN_ISSUER: &str = "pulse-gateway";
 /// The audience of user tokens (internal tokens name the service they are for).
 pub const TOKEN_AUDIENCE: &str = "pulse-api";
-/// The lifetime of user tokens.
-pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// How long `/api/etl/jobs/status` answers are cached.
 pub const STATUS_CACHE_TTL: Duration = Duration::from_secs(1);
 /// `Retry-After` of a 503 when the breaker knows no better (its circuit is closed, so
@@ -84,29 +89,26 @@ pub struct BackendService {
     /// The circuit breaker in front of the ETL service (the tests watch its state).
     #[allow(dead_code)]
     pub breaker: Breaker,
-    stop_hub: watch::Sender<bool>,
+    /// The accounts (the tests read the audit trail and revocations through it).
+    #[allow(dead_code)]
+    pub accounts: AccountStore,
+    /// Whether nobody could administer the gateway when it started.
+    pub bootstrap_required: bool,
+    stop: watch::Sender<bool>,
+    revocation_watch: tokio::task::JoinHandle<()>,
+    clean_up: tokio::task::JoinHandle<()>,
 }
 
 impl BackendService {
-    /// Stop: in-flight requests finish, then the upstream subscription closes.
+    /// Stop: in-flight requests finish, then the upstream subscription and the
+    /// background tasks end.
     pub async fn stop(self) {
         self.server.stop().await;
         self.metrics.stop().await;
-        let _ = self.stop_hub.send(true);
+        let _ = self.stop.send(true);
+        let _ = self.revocation_watch.await;
+        let _ = self.clean_up.await;
     }
-}
-
-/// The demo roles: admin holds every permission, viewer may only look.
-pub fn roles() -> RoleMap {
-    RoleMap::new()
-        .with_role(
-            "admin",
-            Role::new(["*"]).with_description("every permission"),
-        )
-        .with_role(
-            "viewer",
-            Role::new(["etl.access"]).with_description("read-only"),
-        )
 }
 
 /// The gateway's rule table: deny by default.
@@ -128,6 +130,8 @@ pub fn rule_table() -> anyhow::Result<RuleTable> {
             ["etl.access", "etl.jobs.run"],
         )
         .require("ANY", "/api/etl/*", ["etl.access"])
+        // The admin API: users, roles and the audit trail.
+        .require("ANY", "/api/admin/*", [MANAGE_USERS])
         .build()
         .context("gateway rule table")
 }
@@ -144,20 +148,52 @@ pub async fn start(
     let _ = super::telemetry::prometheus();
     let etl_url = options.etl_url();
     let ring = KeyRing::parse(&secrets.internal_keys).context("PULSE_INTERNAL_KEYS")?;
+    let (stop, stopped) = watch::channel(false);
+
+    // The accounts: users, roles, sessions and revocations in the gateway's tables.
+    let policy = options.session_policy();
+    let store = AccountStore::open(&options.database_url(), options.database_schema.as_deref())
+        .await
+        .context("opening the accounts")?
+        .with_policy(policy);
+    let hashing = PasswordHashing::new(options.argon2_memory_kib, options.argon2_iterations)?;
+    if options.demo_enabled() {
+        let added = seed_demo(&store, &hashing)
+            .await
+            .context("seeding the demo users")?;
+        if !added.is_empty() {
+            tracing::info!(users = ?added, "demo users added");
+        }
+    }
+    let bootstrap_required = announce_bootstrap(&store).await?;
+    // Revocations are checked on every request from memory; the list follows the
+    // database (this gateway's, other gateways' and the CLI's changes) every second.
+    let revocations = RevocationList::load(&store)
+        .await
+        .context("loading revocations")?;
+    let revocation_watch = revocations.watch(store.clone(), POLL_INTERVAL, stopped.clone());
+    // The audit trail's retention and expired session rows: now, then every hour.
+    let clean_up = store.spawn_clean_up(
+        Retention::days(options.audit_retention_days),
+        housekeeping::INTERVAL,
+        stopped.clone(),
+    );
+
     let issuer =
         TokenIssuer::new(SigningKey::hmac(&secrets.jwt_secret).context("PULSE_JWT_SECRET")?)
             .with_issuer(TOKEN_ISSUER)
             .with_audience(TOKEN_AUDIENCE)
-            .with_lifetime(TOKEN_LIFETIME);
+            .with_lifetime(policy.access_ttl);
     // Only this gateway's user tokens: their type (never an internal token), their
-    // audience, `iat`, and no longer-lived than the ones it issues.
+    // audience, `iat`, no longer-lived than the ones it issues, and not revoked.
     let verifier = JwtVerifier::new(VerificationKey::hmac(&secrets.jwt_secret)?)
         .with_issuer(TOKEN_ISSUER)
         .with_audience(TOKEN_AUDIENCE)
         .with_required_type(pulse_core::jwt::USER_TOKEN_TYPE)
         .require_issued_at(true)
-        .with_max_lifetime(TOKEN_LIFETIME)
-        .with_cache(VerifiedTokenCache::new(10_000));
+        .with_max_lifetime(policy.access_ttl)
+        .with_cache(VerifiedTokenCache::new(10_000))
+        .with_revocation(revocations.clone());
 
     let (workers, queue) = options.login_hash_pool();
     let pool = HashingPool::new(workers, queue)?;
@@ -168,20 +204,19 @@ pub async fn start(
         ThrottleKeys::new(secrets.jwt_secret.as_bytes()),
         MemoryThrottleStore::default(),
     );
-    let mut users = Auth::new(
+    let users = Arc::new(Auth::new(AuthParts {
+        store: store.clone(),
+        revocations,
         issuer,
-        roles(),
-        (options.argon2_memory_kib, options.argon2_iterations),
+        verifier: verifier.clone(),
+        hashing,
         pool,
         throttle,
         // The frontend proves itself with the ring's key; then its X-Forwarded-For counts.
-        ClientAddrResolver::new(ring.clone()),
-    )?;
-    if options.demo_enabled() {
-        users.add_user("admin", "admin@pulse.local", "admin", &["admin"])?;
-        users.add_user("viewer", "viewer@pulse.local", "viewer", &["viewer"])?;
-    }
-    let users = Arc::new(users);
+        clients: ClientAddrResolver::new(ring.clone()),
+        secure_cookie: options.public_scheme() == "https",
+        demo: options.demo_enabled(),
+    })?);
 
     let breaker = Breaker::new(
         BreakerConfig::default()
@@ -233,8 +268,7 @@ pub async fn start(
     let cache_stats = cache.stats();
     let status = cache.layer(proxy.clone());
 
-    let (stop_hub, hub_stopped) = watch::channel(false);
-    let hub = Hub::start(&etl_url, ring, hub_stopped)?;
+    let hub = Hub::start(&etl_url, ring, stopped)?;
     let gateway = Gateway {
         breaker: breaker.clone(),
         cache_stats,
@@ -244,7 +278,7 @@ pub async fn start(
     };
 
     // `/api/etl/*`. Each `.layer` wraps the ones before it, so a request meets them
-    // bottom-up: JWT → RBAC → [status cache] → Proxy (the correlation id, trace and
+    // bottom-up: JWT → RBAC → [job audit] → [status cache] → Proxy (the correlation id, trace and
     // metrics wrap the whole router below).
     let etl_routes = Router::new()
         .route_service(
@@ -260,10 +294,20 @@ pub async fn start(
             "/api/etl/{*path}",
             proxy.map_response(IntoResponse::into_response),
         )
+        // Accepted starts and cancels go into the audit trail (user, job, run, request).
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&users),
+            job_audit::record,
+        ))
         // Deny by default: etl.access for anything, etl.jobs.run to start or cancel.
         .layer(AuthorizeLayer::new(rule_table()?))
         // Everything under /api/etl needs a valid user token (401 + WWW-Authenticate
         // otherwise); the verified user becomes the span's user_id.
+        .layer(JwtAuthLayer::new(verifier.clone()));
+
+    // `/api/admin/*`: a user token (JWT), then users.manage by the rule table.
+    let admin_routes = admin::router(Arc::clone(&users))
+        .layer(AuthorizeLayer::new(rule_table()?))
         .layer(JwtAuthLayer::new(verifier.clone()));
 
     let public = Router::new()
@@ -272,6 +316,11 @@ pub async fn start(
             "/api/auth/login",
             post(auth::login).layer(DefaultBodyLimit::max(auth::LOGIN_BODY_LIMIT)),
         )
+        // Cookie only: no body is read (axum's default limit bounds a stray one).
+        .route("/api/auth/refresh", post(auth::session::refresh))
+        // The handler verifies the bearer token itself: it needs the token's id and session.
+        .route("/api/auth/logout", post(auth::session::logout))
+        .route("/api/auth/setup", get(auth::session::setup))
         .with_state(Arc::clone(&users))
         .merge(
             Router::new()
@@ -285,6 +334,7 @@ pub async fn start(
     let router = Router::new()
         .merge(public)
         .merge(etl_routes)
+        .merge(admin_routes)
         // `/metrics` included: it is served on its own listener only.
         .fallback(not_found)
         // A known route asked with another method (made-up ones included): JSON 405.
@@ -321,7 +371,11 @@ pub async fn start(
         server,
         metrics,
         breaker,
-        stop_hub,
+        accounts: store,
+        bootstrap_required,
+        stop,
+        revocation_watch,
+        clean_up,
     })
 }
 
