@@ -8,7 +8,7 @@
 //! 1. **Framing.** `Content-Length` together with `Transfer-Encoding`, differing or
 //!    malformed `Content-Length` values, and a `Transfer-Encoding` not ending in
 //!    `chunked` are rejected with 400 ([`ProxyError::BadFraming`]).
-//! 2. **Path.** Dot segments (also `..;`), `%2e`, encoded `/` and `\`, a raw `\`, `%25`
+//! 2. **Path.** Dot segments (also `..;` and `..%3B`), `%2e`, encoded `/` and `\`, a raw `\`, `%25`
 //!    (double encoding), `%00`, control characters and empty segments are rejected with
 //!    400 on the raw path, *before* the prefix rewrite (`/api/etl/` → `/api/v1/`); a path
 //!    outside the prefix is 404. The query string is forwarded verbatim.

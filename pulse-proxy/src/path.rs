@@ -4,7 +4,8 @@
 //! behind the proxy could normalise into a different path than the one the gateway's
 //! permission rules saw: dot segments (also with `;` parameters), `%2e`, encoded `/`
 //! and `\`, a raw `\`, an encoded `%` (every double encoding starts with one), `%00` and control characters,
-//! malformed escapes, and empty segments (`//`). A single trailing `/` is allowed.
+//! malformed escapes, and empty segments (`//`). A `;` starts a segment's parameters,
+//! also encoded (`..%3B` is `..;`, which is `..`). A single trailing `/` is allowed.
 //! The query string is never touched.
 
 use http::uri::PathAndQuery;
@@ -84,12 +85,29 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
         if segment.is_empty() && !is_last {
             return Err(unsafe_path("empty segment"));
         }
-        let name = segment.split(';').next().unwrap_or(segment);
+        let name = segment_name(segment);
         if name == "." || name == ".." {
             return Err(unsafe_path("dot segment"));
         }
     }
     Ok(())
+}
+
+/// A segment without its path parameters: servers strip everything from the first `;`
+/// before they resolve dot segments (`..;x` is `..`), and a server that decodes first
+/// sees `..%3B` as `..;`, so an encoded `;` starts the parameters too.
+fn segment_name(segment: &str) -> &str {
+    let raw = segment.find(';');
+    let encoded = segment
+        .as_bytes()
+        .windows(3)
+        .position(|w| w.eq_ignore_ascii_case(b"%3b"));
+    let end = raw
+        .into_iter()
+        .chain(encoded)
+        .min()
+        .unwrap_or(segment.len());
+    &segment[..end]
 }
 
 /// Check the path, apply the rewrite and keep the query verbatim.
@@ -204,6 +222,26 @@ mod tests {
             check_path("/api/etl/a\\b"),
             Err(ProxyError::UnsafePath { .. })
         ));
+    }
+
+    /// Found by the `path` fuzz target: `..%3B` is `..;` to a server that decodes
+    /// before it strips path parameters, and `..;` is `..` to one that strips them.
+    #[test]
+    fn rejects_dot_segments_with_encoded_parameters() {
+        for bad in [
+            "/api/etl/..%3B/admin",
+            "/api/etl/..%3b/admin",
+            "/api/etl/..%3Bjsessionid=1/admin",
+            "/api/etl/.%3B",
+            "/api/etl/x/..%3b",
+        ] {
+            assert!(
+                matches!(run(bad), Err(ProxyError::UnsafePath { .. })),
+                "{bad} was accepted"
+            );
+        }
+        assert_eq!(run("/api/etl/a%3Bb").unwrap(), "/api/v1/a%3Bb");
+        assert_eq!(run("/api/etl/...%3B").unwrap(), "/api/v1/...%3B");
     }
 
     #[test]

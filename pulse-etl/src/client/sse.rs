@@ -15,7 +15,8 @@ pub struct SseEvent {
 
 /// Turns body chunks into [`SseEvent`]s: lines may be split across chunks (even
 /// inside a UTF-8 character or a `\r\n`), data may span several lines, comments and
-/// unknown fields are ignored.
+/// unknown fields are ignored, one leading byte-order mark is dropped, and an event
+/// whose `event:` is empty or absent is a `message`.
 ///
 /// ```
 /// use pulse_etl::client::SseDecoder;
@@ -31,6 +32,11 @@ pub struct SseEvent {
 #[derive(Debug, Default)]
 pub struct SseDecoder {
     buffer: Vec<u8>,
+    /// Past the stream's first bytes, where one byte-order mark is dropped.
+    started: bool,
+    /// The last chunk ended with a `\r`, already taken as a line end: a `\n` opening
+    /// the next chunk is the rest of that `\r\n`, not a blank line.
+    after_cr: bool,
     event: Option<String>,
     data: String,
     has_data: bool,
@@ -49,6 +55,22 @@ impl SseDecoder {
         self.buffer.extend_from_slice(chunk);
         let mut events = Vec::new();
         let mut start = 0;
+        if self.after_cr && !self.buffer.is_empty() {
+            self.after_cr = false;
+            start = usize::from(self.buffer[0] == b'\n');
+        }
+        if !self.started {
+            const BOM: &[u8] = b"\xef\xbb\xbf";
+            let head = &self.buffer[start..];
+            if head.len() < BOM.len() && BOM.starts_with(head) {
+                // Maybe the first bytes of a BOM: wait for the rest.
+                return events;
+            }
+            self.started = true;
+            if head.starts_with(BOM) {
+                start += BOM.len();
+            }
+        }
         while let Some(offset) = self.buffer[start..]
             .iter()
             .position(|&b| b == b'\n' || b == b'\r')
@@ -58,8 +80,13 @@ impl SseDecoder {
                 match self.buffer.get(end + 1) {
                     Some(b'\n') => 2,
                     Some(_) => 1,
-                    // A `\r` at the end of the chunk may be half of `\r\n`: wait.
-                    None => break,
+                    // The line ends here; a `\n` opening the next chunk is skipped
+                    // then. Waiting for it instead would hold back an event that ends
+                    // with this `\r` until the server sends more.
+                    None => {
+                        self.after_cr = true;
+                        1
+                    }
                 }
             } else {
                 1
@@ -106,7 +133,9 @@ impl SseDecoder {
             return None;
         }
         Some(SseEvent {
-            event: event.unwrap_or_else(|| "message".to_owned()),
+            event: event
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "message".to_owned()),
             data: std::mem::take(&mut self.data),
             id: self.last_id.clone(),
         })
@@ -155,6 +184,44 @@ mod tests {
         for size in 1..=input.len() {
             assert_eq!(decode_in_chunks(input, size), expected, "chunk size {size}");
         }
+    }
+
+    /// Found by the `sse` fuzz target (differential against the WHATWG rules): a
+    /// leading byte-order mark hid the first line's field name, and `event:` with an
+    /// empty value named the event `""` instead of `message`. Any chunking.
+    #[test]
+    fn a_leading_bom_is_dropped_and_an_empty_type_is_message() {
+        let input = "\u{feff}data: first\n\nevent:\ndata: second\n\n\u{feff}data: third\n\n";
+        let names = |events: &[SseEvent]| {
+            events
+                .iter()
+                .map(|e| (e.event.clone(), e.data.clone()))
+                .collect::<Vec<_>>()
+        };
+        let expected = vec![
+            ("message".to_owned(), "first".to_owned()),
+            ("message".to_owned(), "second".to_owned()),
+        ];
+        for size in 1..=input.len() {
+            let events = decode_in_chunks(input.as_bytes(), size);
+            // Only the stream's first BOM is dropped; a later one is part of a field name.
+            assert_eq!(names(&events), expected, "chunk size {size}");
+        }
+    }
+
+    /// Found by the `sse` fuzz target: an event whose blank line ended with a lone `\r`
+    /// at the end of a chunk was held back until more bytes came (the `\r` might have
+    /// been half of `\r\n`), so a quiet stream never delivered it.
+    #[test]
+    fn a_cr_at_the_end_of_a_chunk_ends_the_line_at_once() {
+        let mut decoder = SseDecoder::new();
+        assert_eq!(decoder.push(b"data: a\r\r").len(), 1);
+        // The `\n` of a `\r\n` split across chunks is not a second (blank) line.
+        assert!(decoder.push(b"data: b\r").is_empty());
+        assert!(decoder.push(b"\ndata: c\r").is_empty());
+        let events = decoder.push(b"\n\r\n");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].data, "b\nc");
     }
 
     #[test]
