@@ -18,7 +18,9 @@
 # the same client-side CPU budget: Node.js runs one thread, tokio would take every core;
 # PostgreSQL itself is not pinned). PIN_CPUS= (empty) disables pinning.
 #
-# Knobs: RUNS (3000), ROUNDS (3), LATENCY_SAMPLES (300), GRAPHILE_WORKER_VERSION
+# Knobs: RUNS (3000), ROUNDS (3), LATENCY_SAMPLES (300), PULSE_BENCH_BIN (an etl bench
+# binary built elsewhere, e.g. from an older commit, instead of building this tree's),
+# GRAPHILE_WORKER_VERSION
 # (0.16.6), GRAPHILE_DIR (where it is installed with npm when missing; default
 # ${XDG_CACHE_HOME:-~/.cache}/pulse-bench/graphile-worker-$GRAPHILE_WORKER_VERSION).
 # Needs node and npm, cargo, and a PostgreSQL the URL's user may create schemas in.
@@ -46,15 +48,19 @@ installed=$(node -p "require('$GRAPHILE_DIR/node_modules/graphile-worker/package
 [ "$installed" = "$GRAPHILE_WORKER_VERSION" ] || { echo "$GRAPHILE_DIR holds graphile-worker $installed, not $GRAPHILE_WORKER_VERSION" >&2; exit 1; }
 
 echo "building benches/etl.rs (release)" >&2
-bench=$(cd "$root" && cargo bench --bench etl --no-run 2>&1 | tee /dev/stderr | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
-[ -x "$bench" ] || { echo "could not find the etl bench binary" >&2; exit 1; }
+built=${PULSE_BENCH_BIN:-$(cd "$root" && cargo bench --bench etl --no-run 2>&1 | tee /dev/stderr | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)}
+[ -x "$built" ] || { echo "could not find the etl bench binary" >&2; exit 1; }
 
 pin=()
 if [ -n "$PIN_CPUS" ] && command -v taskset >/dev/null; then
     pin=(taskset -c "$PIN_CPUS")
 fi
-results=$(mktemp)
-trap 'rm -f "$results"' EXIT
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+results="$scratch/results"
+# A private copy: another worktree's build may replace the shared target's binary mid-run.
+bench="$scratch/etl-bench"
+cp "$built" "$bench"
 
 pulse() { "${pin[@]}" "$bench" --bench --store postgres --shape "$1" --runs "$2" | grep '^RESULT' | tee -a "$results"; }
 graphile() { NODE_PATH="$GRAPHILE_DIR/node_modules" "${pin[@]}" node "$here/etl_vs_graphile.js" "$1" "$2" | grep '^RESULT' | tee -a "$results"; }

@@ -26,7 +26,7 @@ mod retry;
 mod schedule;
 mod worker;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{ManualClock, SystemClock, Clock};
 pub use error::EngineError;
 pub use retry::RetryPolicy;
 pub use schedule::{Schedule, ScheduleError};
@@ -274,6 +274,8 @@ pub struct JobEngine {
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn JobStore>,
     pub(crate) registry: JobRegistry,
+    /// The registry's names, as every claim passes them.
+    pub(crate) job_names: Arc<Vec<String>>,
     pub(crate) config: EngineConfig,
     pub(crate) instance_id: InstanceId,
     pub(crate) events: broadcast::Sender<RunEvent>,
@@ -310,6 +312,7 @@ impl JobEngine {
         let inner = Arc::new(Inner {
             permits: Arc::new(Semaphore::new(config.concurrency)),
             store,
+            job_names: Arc::new(registry.names()),
             registry,
             instance_id: InstanceId::new(),
             events,
