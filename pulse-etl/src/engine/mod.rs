@@ -26,7 +26,7 @@ mod retry;
 mod schedule;
 mod worker;
 
-pub use clock::{ManualClock, SystemClock, Clock};
+pub use clock::{ManualWallClock, SystemWallClock, WallClock};
 pub use error::EngineError;
 pub use retry::RetryPolicy;
 pub use schedule::{Schedule, ScheduleError};
@@ -43,7 +43,7 @@ pub struct EngineConfig {
     pub(crate) shutdown_grace: Duration,
     pub(crate) schedules: bool,
     pub(crate) event_capacity: usize,
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn WallClock>,
 }
 
 impl Default for EngineConfig {
@@ -60,7 +60,7 @@ impl Default for EngineConfig {
             shutdown_grace: Duration::from_secs(10),
             schedules: true,
             event_capacity: 1024,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(SystemWallClock),
         }
     }
 }
@@ -141,7 +141,7 @@ impl EngineConfig {
 
     /// The clock of stored timestamps.
     #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+    pub fn with_clock(mut self, clock: Arc<dyn WallClock>) -> Self {
         self.clock = clock;
         self
     }

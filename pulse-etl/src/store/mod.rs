@@ -8,7 +8,7 @@
 //!   stalled worker cannot overwrite a run that another worker has taken over;
 //! - idempotency keys unique; schedule slots unique.
 //!
-//! Time always comes from the caller (the engine's [`Clock`](crate::engine::Clock)), never
+//! Time always comes from the caller (the engine's [`WallClock`](crate::engine::WallClock)), never
 //! from the database, so tests can drive leases with a manual clock.
 
 use std::time::Duration;
