@@ -10,16 +10,27 @@
 //! - **time to recover** a run whose worker died: from the dead worker's claim to the
 //!   run's success on another instance (lease 1 s, sweep every 250 ms).
 //!
+//! - the two shapes comparable with graphile-worker (see `benches/etl_vs_graphile.sh`):
+//!   **queued**: N runs (of N jobs: one active run per job) created first, then drained
+//!   by one instance with 8 workers, like graphile-worker's own benchmark; **stream**:
+//!   N starts, one call each with 32 calls in flight, by an API-only instance, executed
+//!   by 8 workers of another instance. Both time the first start (or the worker's
+//!   launch) to the last run's `succeeded` event.
+//!
 //! SQLite (a WAL file in a temporary directory) always; PostgreSQL as well when
 //! `PULSE_TEST_DATABASE_URL` is set (in a fresh schema, dropped afterwards). Without
 //! `--bench` (as under `cargo test --benches`) it runs a tiny smoke-sized load.
+//!
+//! One measurement, for scripts: `--shape queued|stream|latency --store sqlite|postgres
+//! [--runs N]` prints one `RESULT key=value …` line (used by `benches/etl_vs_graphile.sh`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulse::etl::{
     EngineConfig, InstanceId, Job, JobContext, JobEngine, JobError, JobOutput, JobRegistry,
-    JobStore, NoParams, PgStore, PgStoreOptions, RunId, RunState, SqliteStore, StartRequest,
+    JobStore, NoParams, PgStore, PgStoreOptions, RunEventKind, RunId, RunState, SqliteStore,
+    StartRequest,
 };
 use tokio::sync::mpsc;
 
@@ -46,7 +57,13 @@ struct Sizes {
     latency_samples: usize,
     throughput_runs: usize,
     recoveries: usize,
+    compare_runs: usize,
 }
+
+/// Workers of the instance that executes (graphile-worker's `concurrency`).
+const WORKERS: usize = 8;
+/// Starts in flight in the stream shape.
+const IN_FLIGHT: usize = 32;
 
 fn registry(jobs: usize) -> (JobRegistry, mpsc::UnboundedReceiver<(RunId, Instant)>) {
     let (began, receiver) = mpsc::unbounded_channel();
@@ -61,7 +78,99 @@ fn registry(jobs: usize) -> (JobRegistry, mpsc::UnboundedReceiver<(RunId, Instan
 }
 
 fn config() -> EngineConfig {
-    EngineConfig::default().with_concurrency(8)
+    EngineConfig::default().with_concurrency(WORKERS)
+}
+
+/// Waits for `runs` `succeeded` events on `events`; panics on any other terminal state.
+async fn wait_succeeded(
+    events: &mut tokio::sync::broadcast::Receiver<pulse::etl::RunEvent>,
+    runs: usize,
+) {
+    let mut succeeded = 0;
+    while succeeded < runs {
+        let event = events.recv().await.expect("the bench keeps up with events");
+        if let RunEventKind::State { state, .. } = event.kind {
+            assert!(
+                !state.is_terminal() || state == RunState::Succeeded,
+                "a no-op run ended {state}"
+            );
+            succeeded += usize::from(state == RunState::Succeeded);
+        }
+    }
+}
+
+/// graphile-worker's benchmark shape: `runs` runs queued first (by an instance that
+/// executes nothing), then one instance with 8 workers drains them. Times the worker's
+/// launch to the last `succeeded` event.
+async fn queued(store: Arc<dyn JobStore>, runs: usize) -> Duration {
+    let (jobs, _began) = registry(runs);
+    let api = JobEngine::launch(
+        Arc::clone(&store),
+        jobs.clone(),
+        EngineConfig::default().with_concurrency(0),
+    )
+    .await
+    .unwrap();
+    for i in 0..runs {
+        api.start(StartRequest::new(format!("noop_{i}")))
+            .await
+            .unwrap();
+    }
+    api.shutdown().await;
+    let clock = Instant::now();
+    let worker = JobEngine::launch(store, jobs, config().with_event_capacity(4 * runs + 64))
+        .await
+        .unwrap();
+    let mut events = worker.subscribe();
+    wait_succeeded(&mut events, runs).await;
+    let elapsed = clock.elapsed();
+    worker.shutdown().await;
+    elapsed
+}
+
+/// Starts one call each, 32 in flight, by an instance that executes nothing (an API
+/// server, on `starts`: its own pool when the caller opened a second store), executed by
+/// 8 workers of another instance on `store`. Times the first start to the last
+/// `succeeded` event.
+async fn stream(store: Arc<dyn JobStore>, starts: Arc<dyn JobStore>, runs: usize) -> Duration {
+    let (jobs, _began) = registry(runs);
+    let api = JobEngine::launch(
+        starts,
+        jobs.clone(),
+        EngineConfig::default().with_concurrency(0),
+    )
+    .await
+    .unwrap();
+    let worker = JobEngine::launch(store, jobs, config().with_event_capacity(4 * runs + 64))
+        .await
+        .unwrap();
+    let mut events = worker.subscribe();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clock = Instant::now();
+    let mut starters = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let api = api.clone();
+        let next = Arc::clone(&next);
+        starters.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= runs {
+                    return;
+                }
+                api.start(StartRequest::new(format!("noop_{i}")))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    wait_succeeded(&mut events, runs).await;
+    let elapsed = clock.elapsed();
+    for starter in starters {
+        starter.await.unwrap();
+    }
+    api.shutdown().await;
+    worker.shutdown().await;
+    elapsed
 }
 
 async fn latency(store: Arc<dyn JobStore>, samples: usize) -> Vec<Duration> {
@@ -183,6 +292,18 @@ where
         runs as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64()
     );
+    let runs = sizes.compare_runs;
+    let elapsed = queued(open().await, runs).await;
+    println!(
+        "{label:<10} queued, drained  {:.0} runs/s  ({runs} runs queued, then {WORKERS} workers)",
+        runs as f64 / elapsed.as_secs_f64()
+    );
+    let store = open().await;
+    let elapsed = stream(Arc::clone(&store), store, runs).await;
+    println!(
+        "{label:<10} one start a call {:.0} runs/s  ({runs} starts, {IN_FLIGHT} in flight, {WORKERS} workers)",
+        runs as f64 / elapsed.as_secs_f64()
+    );
     let mut recoveries = Vec::new();
     for _ in 0..sizes.recoveries {
         recoveries.push(recovery(open().await).await);
@@ -196,25 +317,117 @@ where
     );
 }
 
+/// One measurement for scripts: `--shape queued|stream|latency --store sqlite|postgres
+/// [--runs N]`.
+struct Single {
+    shape: String,
+    store: String,
+    runs: usize,
+}
+
+fn single(args: &[String]) -> Option<Single> {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|arg| arg == flag)
+            .and_then(|at| args.get(at + 1))
+            .cloned()
+    };
+    Some(Single {
+        shape: value("--shape")?,
+        store: value("--store").unwrap_or_else(|| "postgres".to_owned()),
+        runs: value("--runs").map_or(3000, |runs| runs.parse().expect("--runs N")),
+    })
+}
+
+async fn run_single(single: Single, dir: &std::path::Path) {
+    let (store, starts) = match single.store.as_str() {
+        "sqlite" => {
+            let path = dir.join("single.db");
+            let store = SqliteStore::open(&path).await.unwrap().into_dyn();
+            (store, SqliteStore::open(&path).await.unwrap().into_dyn())
+        }
+        "postgres" => {
+            let url = std::env::var("PULSE_TEST_DATABASE_URL")
+                .expect("--store postgres needs PULSE_TEST_DATABASE_URL");
+            let schema = format!("etl_bench_{}", uuid::Uuid::new_v4().simple());
+            let store = PgStore::connect_with(PgStoreOptions::new(&url).with_schema(&schema))
+                .await
+                .unwrap();
+            // The stream shape starts runs through a second pool, as an API server would.
+            let starts = PgStore::connect_with(PgStoreOptions::new(&url).with_schema(&schema))
+                .await
+                .unwrap();
+            let result =
+                measure(&single, store.clone().into_dyn(), starts.clone().into_dyn()).await;
+            starts.close().await;
+            let _ = sqlx_drop_schema(&store, &schema).await;
+            store.close().await;
+            println!("{result}");
+            return;
+        }
+        other => panic!("unknown --store {other}"),
+    };
+    println!("{}", measure(&single, store, starts).await);
+}
+
+async fn measure(single: &Single, store: Arc<dyn JobStore>, starts: Arc<dyn JobStore>) -> String {
+    let Single {
+        shape,
+        store: kind,
+        runs,
+    } = single;
+    let runs = *runs;
+    let elapsed = match shape.as_str() {
+        "queued" => queued(store, runs).await,
+        "stream" => stream(store, starts, runs).await,
+        "latency" => {
+            let mut latencies = latency(store, runs).await;
+            latencies.sort();
+            return format!(
+                "RESULT engine=pulse-etl store={kind} shape=latency samples={runs} \
+                 p50_ms={:.3} p95_ms={:.3} p99_ms={:.3} max_ms={:.3}",
+                percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
+                percentile(&latencies, 0.95).as_secs_f64() * 1000.0,
+                percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+                percentile(&latencies, 1.0).as_secs_f64() * 1000.0,
+            );
+        }
+        other => panic!("unknown --shape {other}"),
+    };
+    format!(
+        "RESULT engine=pulse-etl store={kind} shape={shape} runs={runs} secs={:.3} per_sec={:.0}",
+        elapsed.as_secs_f64(),
+        runs as f64 / elapsed.as_secs_f64()
+    )
+}
+
 fn main() {
-    let full = std::env::args().any(|arg| arg == "--bench");
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|arg| arg == "--bench");
     let sizes = if full {
         Sizes {
             latency_samples: 300,
             throughput_runs: 3000,
             recoveries: 5,
+            compare_runs: 3000,
         }
     } else {
         Sizes {
             latency_samples: 5,
             throughput_runs: 40,
             recoveries: 1,
+            compare_runs: 40,
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    if let Some(single) = single(&args) {
+        let dir = tempfile::tempdir().unwrap();
+        runtime.block_on(run_single(single, dir.path()));
+        return;
+    }
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let counter = std::sync::atomic::AtomicUsize::new(0);

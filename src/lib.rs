@@ -10,11 +10,15 @@
 //! | `proxy`   | [`pulse_proxy`]: hardened reverse-proxy service, transports, response cache | yes |
 //! | `etl`     | [`pulse_etl`]: job engine, its internal HTTP API and client | yes |
 //! | `full`    | all of the above | no |
+//!
+//! Each crate is re-exported under its own name (`pulse::pulse_core`, `pulse::breaker`,
+//! `pulse::proxy`, `pulse::etl`); pulse-core is not renamed to `core`, which would
+//! shadow the standard library's `core` crate in `use pulse::*` and in paths.
 #![warn(missing_docs)]
 
 #[cfg(feature = "core")]
 #[doc(inline)]
-pub use pulse_core as core;
+pub use pulse_core;
 
 #[cfg(feature = "breaker")]
 #[doc(inline)]

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Clock, RetryPolicy, Schedule};
+use crate::engine::{RetryPolicy, Schedule, WallClock};
 use crate::model::{LogLevel, Progress, RunId};
 use crate::store::{AttemptFence, JobStore, StoreError, StorePool};
 
@@ -346,7 +346,7 @@ pub struct JobContext {
     pub(crate) params: Arc<Value>,
     pub(crate) cancel: CancellationToken,
     pub(crate) store: Arc<dyn JobStore>,
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn WallClock>,
     pub(crate) checkpoint: Arc<std::sync::Mutex<Option<Value>>>,
 }
 

@@ -103,8 +103,8 @@ pub mod model;
 pub mod store;
 
 pub use engine::{
-    Clock, EngineConfig, EngineError, JobEngine, ManualClock, RetryPolicy, Schedule, ScheduleError,
-    StartOutcome, StartRequest, SystemClock,
+    EngineConfig, EngineError, JobEngine, ManualWallClock, RetryPolicy, Schedule, ScheduleError,
+    StartOutcome, StartRequest, SystemWallClock, WallClock,
 };
 pub use job::{Job, JobContext, JobError, JobInfo, JobOutput, JobRegistry, NoParams};
 pub use model::{

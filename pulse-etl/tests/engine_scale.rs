@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use engine_support::{Gauge, ScriptJob, fast_config, wait_for_state, wait_until};
 use pulse_etl::{
-    InstanceId, JobEngine, JobRegistry, JobStore, ManualClock, RunState, Schedule, SqliteStore,
+    InstanceId, JobEngine, JobRegistry, JobStore, ManualWallClock, RunState, Schedule, SqliteStore,
     StartRequest, StorePool,
 };
 use serde_json::json;
@@ -220,7 +220,7 @@ async fn three_instances_fire_each_schedule_slot_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_clock_expires_leases_and_fences_the_stalled_attempt() {
-    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let clock = Arc::new(ManualWallClock::new(time::OffsetDateTime::now_utc()));
     let config = || {
         fast_config()
             .with_clock(clock.clone())

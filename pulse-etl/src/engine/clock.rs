@@ -1,4 +1,7 @@
 //! Where the engine's timestamps come from.
+//!
+//! Wall-clock time (`OffsetDateTime`, stored in the runs), hence the names: pulse-breaker's
+//! `Clock` and `ManualClock` are monotonic (`Instant`) and a different thing.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -9,17 +12,17 @@ use time::OffsetDateTime;
 /// The source of the timestamps the engine writes (leases, backoff, schedules).
 ///
 /// The engine's timers still run on tokio's clock; this one decides what is stored, so
-/// tests can expire leases by moving a [`ManualClock`] instead of waiting.
-pub trait Clock: Send + Sync + 'static {
+/// tests can expire leases by moving a [`ManualWallClock`] instead of waiting.
+pub trait WallClock: Send + Sync + 'static {
     /// The current time.
     fn now(&self) -> OffsetDateTime;
 }
 
 /// The system's wall clock, in UTC.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+pub struct SystemWallClock;
 
-impl Clock for SystemClock {
+impl WallClock for SystemWallClock {
     fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc()
     }
@@ -27,11 +30,11 @@ impl Clock for SystemClock {
 
 /// A clock that moves only when told to.
 #[derive(Clone)]
-pub struct ManualClock {
+pub struct ManualWallClock {
     now: Arc<Mutex<OffsetDateTime>>,
 }
 
-impl ManualClock {
+impl ManualWallClock {
     /// A clock standing at `start`.
     #[must_use]
     pub fn new(start: OffsetDateTime) -> Self {
@@ -55,7 +58,7 @@ impl ManualClock {
     }
 }
 
-impl Clock for ManualClock {
+impl WallClock for ManualWallClock {
     fn now(&self) -> OffsetDateTime {
         self.now
             .lock()
@@ -64,9 +67,9 @@ impl Clock for ManualClock {
     }
 }
 
-impl fmt::Debug for ManualClock {
+impl fmt::Debug for ManualWallClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ManualClock").field(&self.now()).finish()
+        f.debug_tuple("ManualWallClock").field(&self.now()).finish()
     }
 }
 
@@ -77,7 +80,7 @@ mod tests {
     #[test]
     fn manual_clock_moves_only_when_told() {
         let start = time::macros::datetime!(2026-01-01 00:00 UTC);
-        let clock = ManualClock::new(start);
+        let clock = ManualWallClock::new(start);
         assert_eq!(clock.now(), start);
         clock.advance(Duration::from_secs(90));
         assert_eq!(clock.now(), start + Duration::from_secs(90));

@@ -26,7 +26,7 @@ mod retry;
 mod schedule;
 mod worker;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{ManualWallClock, SystemWallClock, WallClock};
 pub use error::EngineError;
 pub use retry::RetryPolicy;
 pub use schedule::{Schedule, ScheduleError};
@@ -43,7 +43,7 @@ pub struct EngineConfig {
     pub(crate) shutdown_grace: Duration,
     pub(crate) schedules: bool,
     pub(crate) event_capacity: usize,
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn WallClock>,
 }
 
 impl Default for EngineConfig {
@@ -60,7 +60,7 @@ impl Default for EngineConfig {
             shutdown_grace: Duration::from_secs(10),
             schedules: true,
             event_capacity: 1024,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(SystemWallClock),
         }
     }
 }
@@ -141,7 +141,7 @@ impl EngineConfig {
 
     /// The clock of stored timestamps.
     #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+    pub fn with_clock(mut self, clock: Arc<dyn WallClock>) -> Self {
         self.clock = clock;
         self
     }
@@ -274,6 +274,8 @@ pub struct JobEngine {
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn JobStore>,
     pub(crate) registry: JobRegistry,
+    /// The registry's names, as every claim passes them.
+    pub(crate) job_names: Arc<Vec<String>>,
     pub(crate) config: EngineConfig,
     pub(crate) instance_id: InstanceId,
     pub(crate) events: broadcast::Sender<RunEvent>,
@@ -310,6 +312,7 @@ impl JobEngine {
         let inner = Arc::new(Inner {
             permits: Arc::new(Semaphore::new(config.concurrency)),
             store,
+            job_names: Arc::new(registry.names()),
             registry,
             instance_id: InstanceId::new(),
             events,

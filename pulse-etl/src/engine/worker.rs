@@ -2,11 +2,11 @@
 //! leases, firing schedules and pumping stored events to subscribers.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -94,66 +94,110 @@ async fn idle(
     }
 }
 
+/// Claims one instance keeps in flight at once. A claim waits for its commit (a WAL
+/// flush); a worker that frees up meanwhile gets a claim of its own instead of waiting
+/// behind it, and the database flushes the concurrent commits together.
+const CLAIMS_IN_FLIGHT: usize = 4;
+
 async fn claim_loop(inner: Arc<Inner>) {
     let mut changes = inner.store.changes();
-    let names = inner.registry.names();
+    let names = Arc::clone(&inner.job_names);
+    let claimers = Arc::new(Semaphore::new(CLAIMS_IN_FLIGHT));
+    // Set by a claim that found fewer due runs than free workers (or failed): the next
+    // claim waits for a change.
+    let drained = Arc::new(AtomicBool::new(false));
     loop {
-        let permit = tokio::select! {
+        if drained.swap(false, Ordering::AcqRel)
+            && !idle(&inner, &mut changes, inner.config.poll_interval).await
+        {
+            return;
+        }
+        let acquired = tokio::select! {
             () = inner.stop.cancelled() => return,
-            permit = Arc::clone(&inner.permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
+            acquired = async {
+                let claimer = Arc::clone(&claimers).acquire_owned().await.ok()?;
+                let permit = Arc::clone(&inner.permits).acquire_owned().await.ok()?;
+                Some((claimer, permit))
+            } => acquired,
+        };
+        let Some((claimer, permit)) = acquired else {
+            return;
         };
         if inner.stop.is_cancelled() {
             return;
         }
-        let now = inner.config.clock.now();
-        match inner
-            .store
-            .claim(inner.instance_id, &names, now, inner.config.lease)
-            .await
-        {
-            Ok(Some(claim)) => {
-                let run_id = claim.run.id;
-                let Some(job) = inner.registry.get(&claim.run.job_name).cloned() else {
-                    // Claims are filtered by registered names, so this cannot happen.
-                    tracing::error!(%run_id, "claimed a run of an unregistered job");
-                    continue;
-                };
-                tracing::debug!(%run_id, attempt = claim.fence.attempt, "claimed");
-                let cancel_requested = Arc::new(Notify::new());
-                if let Ok(mut running) = inner.running.lock() {
-                    running.insert(
-                        run_id,
-                        LocalAttempt {
-                            cancel_requested: Arc::clone(&cancel_requested),
-                        },
-                    );
-                }
-                tokio::spawn(execute(
-                    Arc::clone(&inner),
-                    job,
-                    claim,
-                    cancel_requested,
-                    permit,
-                ));
+        // One claim for every free worker: a busy instance claims in batches.
+        let mut permits = vec![permit];
+        while let Ok(permit) = Arc::clone(&inner.permits).try_acquire_owned() {
+            permits.push(permit);
+        }
+        // Changes from here on wake the idle wait above.
+        changes.borrow_and_update();
+        tokio::spawn(claim(
+            Arc::clone(&inner),
+            Arc::clone(&names),
+            permits,
+            Arc::clone(&drained),
+            claimer,
+        ));
+    }
+}
+
+/// Claims a run for each of `permits` and starts them; flags `drained` when fewer were due.
+async fn claim(
+    inner: Arc<Inner>,
+    names: Arc<Vec<String>>,
+    mut permits: Vec<OwnedSemaphorePermit>,
+    drained: Arc<AtomicBool>,
+    _claimer: OwnedSemaphorePermit,
+) {
+    let wanted = permits.len();
+    let now = inner.config.clock.now();
+    match inner
+        .store
+        .claim_many(inner.instance_id, &names, now, inner.config.lease, wanted)
+        .await
+    {
+        Ok(claims) => {
+            if claims.len() < wanted {
+                drained.store(true, Ordering::Release);
             }
-            Ok(None) => {
-                drop(permit);
-                if !idle(&inner, &mut changes, inner.config.poll_interval).await {
-                    return;
-                }
-            }
-            Err(err) => {
-                drop(permit);
-                tracing::warn!(error = %err, "claim failed");
-                if !idle(&inner, &mut changes, inner.config.poll_interval).await {
-                    return;
-                }
+            for (claim, permit) in claims.into_iter().zip(permits.drain(..)) {
+                start_attempt(&inner, claim, permit);
             }
         }
+        Err(err) => {
+            drained.store(true, Ordering::Release);
+            tracing::warn!(error = %err, "claim failed");
+        }
     }
+}
+
+/// Runs a claimed attempt on its own task, holding one worker permit.
+fn start_attempt(inner: &Arc<Inner>, claim: Claim, permit: OwnedSemaphorePermit) {
+    let run_id = claim.run.id;
+    let Some(job) = inner.registry.get(&claim.run.job_name).cloned() else {
+        // Claims are filtered by registered names, so this cannot happen.
+        tracing::error!(%run_id, "claimed a run of an unregistered job");
+        return;
+    };
+    tracing::debug!(%run_id, attempt = claim.fence.attempt, "claimed");
+    let cancel_requested = Arc::new(Notify::new());
+    if let Ok(mut running) = inner.running.lock() {
+        running.insert(
+            run_id,
+            LocalAttempt {
+                cancel_requested: Arc::clone(&cancel_requested),
+            },
+        );
+    }
+    tokio::spawn(execute(
+        Arc::clone(inner),
+        job,
+        claim,
+        cancel_requested,
+        permit,
+    ));
 }
 
 /// Why the engine stopped a job before it returned.
@@ -247,13 +291,19 @@ async fn execute(
     };
 
     let outcome = decide(&inner, &fence, reason, ending, timeout, &retry_policy);
-    if let Some(outcome) = outcome {
-        finish(&inner, &fence, outcome).await;
-    }
+    let next = match outcome {
+        Some(outcome) => finish(&inner, &fence, outcome).await,
+        None => None,
+    };
     if let Ok(mut running) = inner.running.lock() {
         running.remove(&fence.run_id);
     }
-    drop(permit);
+    // The worker goes on with the run its finish claimed, if any; else it is free for
+    // the claim loop.
+    match next {
+        Some(claim) => start_attempt(&inner, claim, permit),
+        None => drop(permit),
+    }
 }
 
 /// Cancels the job's token and arms the forced abort, unless a stop is under way.
@@ -321,25 +371,41 @@ fn decide(
     }
 }
 
-async fn finish(inner: &Inner, fence: &AttemptFence, outcome: AttemptOutcome) {
+/// Writes the attempt's outcome and, unless the engine is stopping, claims the worker's
+/// next run in the same call; returns that claim.
+async fn finish(inner: &Inner, fence: &AttemptFence, outcome: AttemptOutcome) -> Option<Claim> {
     // A store hiccup must not lose the outcome: retry until the lease would have run
     // out, after which the sweeper owns the run anyway.
     let give_up = Instant::now() + inner.config.lease;
     let mut wait = Duration::from_millis(50);
     loop {
         let now = inner.config.clock.now();
-        match inner
-            .store
-            .finish_attempt(fence, outcome.clone(), now)
-            .await
-        {
-            Ok(run) => {
+        let finished = if inner.stop.is_cancelled() {
+            inner
+                .store
+                .finish_attempt(fence, outcome.clone(), now)
+                .await
+                .map(|run| (run, None))
+        } else {
+            inner
+                .store
+                .finish_and_claim(
+                    fence,
+                    outcome.clone(),
+                    now,
+                    &inner.job_names,
+                    inner.config.lease,
+                )
+                .await
+        };
+        match finished {
+            Ok((run, next)) => {
                 tracing::debug!(run_id = %fence.run_id, state = %run.state, "attempt finished");
-                return;
+                return next;
             }
             Err(StoreError::Fenced) => {
                 tracing::warn!(run_id = %fence.run_id, attempt = fence.attempt, "late finish rejected by the fence");
-                return;
+                return None;
             }
             Err(err) if Instant::now() + wait < give_up => {
                 tracing::warn!(run_id = %fence.run_id, error = %err, "finishing the attempt failed; retrying");
@@ -348,7 +414,7 @@ async fn finish(inner: &Inner, fence: &AttemptFence, outcome: AttemptOutcome) {
             }
             Err(err) => {
                 tracing::error!(run_id = %fence.run_id, error = %err, "could not finish the attempt; the sweeper will reclaim it");
-                return;
+                return None;
             }
         }
     }

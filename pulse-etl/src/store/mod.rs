@@ -8,7 +8,7 @@
 //!   stalled worker cannot overwrite a run that another worker has taken over;
 //! - idempotency keys unique; schedule slots unique.
 //!
-//! Time always comes from the caller (the engine's [`Clock`](crate::engine::Clock)), never
+//! Time always comes from the caller (the engine's [`WallClock`](crate::engine::WallClock)), never
 //! from the database, so tests can drive leases with a manual clock.
 
 use std::time::Duration;
@@ -206,6 +206,31 @@ pub trait JobStore: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Option<Claim>, StoreError>;
 
+    /// Claims up to `max` runs at once, as [`JobStore::claim`] claims one (oldest due
+    /// first, at most one per job); fewer (or none) when fewer are due. A store that
+    /// can claim several in one statement overrides this; the default claims one at a
+    /// time.
+    async fn claim_many(
+        &self,
+        instance: InstanceId,
+        jobs: &[String],
+        now: OffsetDateTime,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let mut claims = Vec::new();
+        while claims.len() < max {
+            match self.claim(instance, jobs, now, lease).await {
+                Ok(Some(claim)) => claims.push(claim),
+                Ok(None) => break,
+                // What was claimed is committed: hand it to the caller, not the error.
+                Err(_) if !claims.is_empty() => break,
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(claims)
+    }
+
     /// Renews the attempt's lease until `now + lease`.
     async fn heartbeat(
         &self,
@@ -249,6 +274,33 @@ pub trait JobStore: Send + Sync + 'static {
         outcome: AttemptOutcome,
         now: OffsetDateTime,
     ) -> Result<Run, StoreError>;
+
+    /// Ends the attempt as [`JobStore::finish_attempt`] does, then claims one run of
+    /// `jobs` for the worker this frees (for the fence's instance, leased until
+    /// `now + lease`), so a busy worker goes from one run to the next in one round
+    /// trip where the store can. A claim that fails after the finish committed only
+    /// means no claim.
+    async fn finish_and_claim(
+        &self,
+        fence: &AttemptFence,
+        outcome: AttemptOutcome,
+        now: OffsetDateTime,
+        jobs: &[String],
+        lease: Duration,
+    ) -> Result<(Run, Option<Claim>), StoreError> {
+        let run = self.finish_attempt(fence, outcome, now).await?;
+        let claim = match self
+            .claim_many(fence.instance_id, jobs, now, lease, 1)
+            .await
+        {
+            Ok(mut claims) => claims.pop(),
+            Err(err) => {
+                tracing::warn!(error = %err, "claiming after a finish failed");
+                None
+            }
+        };
+        Ok((run, claim))
+    }
 
     /// Cancels a run: at once when it is not executing, else by moving it to `cancelling`.
     async fn request_cancel(

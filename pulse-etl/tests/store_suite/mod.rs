@@ -292,6 +292,88 @@ pub async fn claims_oldest_due_run_of_registered_jobs(store: Arc<dyn JobStore>) 
     assert_eq!(attempts[0].outcome, None);
 }
 
+pub async fn claim_many_takes_the_oldest_due_runs_one_per_job(store: Arc<dyn JobStore>) {
+    let a = create(&*store, new_run("a", T0)).await;
+    let b = create(&*store, new_run("b", T0 + secs(1))).await;
+    let c = create(&*store, new_run("c", T0 + secs(2))).await;
+    create(&*store, new_run("unregistered", T0 - secs(10))).await;
+    let instance = InstanceId::new();
+    let names = jobs(&["a", "b", "c"]);
+    let first = store
+        .claim_many(instance, &names, T0 + secs(5), LEASE, 2)
+        .await
+        .unwrap();
+    let ids: Vec<RunId> = first.iter().map(|claim| claim.run.id).collect();
+    assert_eq!(ids, [a.id, b.id], "the two oldest, no more than asked");
+    for claim in &first {
+        assert_eq!(claim.run.state, RunState::Running);
+        assert_eq!(
+            claim.fence,
+            AttemptFence {
+                run_id: claim.run.id,
+                attempt: 1,
+                instance_id: instance
+            }
+        );
+        assert_eq!(store.attempts(claim.run.id).await.unwrap().len(), 1);
+    }
+    // `b` fails and is due again at once: its second attempt comes in the next batch,
+    // with `c`, and its `running` event carries attempt 2.
+    store
+        .finish_attempt(
+            &first[1].fence,
+            AttemptOutcome::Failed {
+                error: "boom".to_owned(),
+                retry_at: Some(T0 + secs(5)),
+            },
+            T0 + secs(5),
+        )
+        .await
+        .unwrap();
+    let second = store
+        .claim_many(instance, &names, T0 + secs(6), LEASE, 8)
+        .await
+        .unwrap();
+    let mut ids: Vec<(RunId, u32)> = second
+        .iter()
+        .map(|claim| (claim.run.id, claim.fence.attempt))
+        .collect();
+    ids.sort();
+    let mut expected = vec![(b.id, 2), (c.id, 1)];
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert!(
+        store
+            .claim_many(instance, &names, T0 + secs(6), LEASE, 8)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let running: Vec<(RunId, u32)> = store
+        .events_since(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            RunEventKind::State {
+                state: RunState::Running,
+                attempt,
+                ..
+            } => Some((event.run_id, attempt)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(running.len(), 4);
+    let mut earlier = running[..2].to_vec();
+    earlier.sort();
+    let mut first_batch = vec![(a.id, 1), (b.id, 1)];
+    first_batch.sort();
+    assert_eq!(earlier, first_batch);
+    let mut later = running[2..].to_vec();
+    later.sort();
+    assert_eq!(later, expected);
+}
+
 pub async fn concurrent_claims_take_each_run_once(store: Arc<dyn JobStore>) {
     let names: Vec<String> = (0..24).map(|i| format!("job_{i}")).collect();
     for name in &names {
@@ -691,6 +773,7 @@ macro_rules! store_suite {
             idempotency_key_returns_the_first_answer,
             force_replaces_the_active_run,
             claims_oldest_due_run_of_registered_jobs,
+            claim_many_takes_the_oldest_due_runs_one_per_job,
             concurrent_claims_take_each_run_once,
             expired_lease_is_reclaimed_and_late_writes_are_fenced,
             retries_wait_for_their_backoff_then_fail,

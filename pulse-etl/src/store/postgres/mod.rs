@@ -1,11 +1,14 @@
 //! The scale-out store: one PostgreSQL database shared by every engine instance.
 //!
-//! Runs are claimed with `FOR UPDATE SKIP LOCKED` in one short transaction (no
-//! transaction is held while a job runs); every state change is written with its event
-//! row and a `NOTIFY` in one transaction, and each store `LISTEN`s, so every instance
-//! wakes its workers and streams every event. Event rows are serialised by a
-//! transaction-scoped advisory lock so that their sequence numbers commit in order and
-//! a reader never skips one.
+//! The hot path is one statement (one round trip, one commit) per step: a create with
+//! its `pending` event; a claim of up to one run per free worker with `FOR UPDATE SKIP
+//! LOCKED`, their attempt rows and `running` events; a fenced finish with its attempt
+//! row and event. No transaction is held while a job runs, and the rarer cases (an
+//! idempotency key that exists, `force`, a finish of a cancelling run or of the last
+//! attempt) take the longer transactions. After each commit a `NOTIFY` goes out on a
+//! connection of its own (asynchronous commit, coalesced), and each store `LISTEN`s, so
+//! every instance wakes its workers and streams every event. Commits are never
+//! serialised: event order is kept by the readers (see `events.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +18,13 @@ use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool, Row};
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::common::{
-    EXECUTING_STATES, finish_transition, from_u64, parse_state, sweep_transition, truncate_micros,
+    EXECUTING_STATES, event_kind_name, finish_transition, from_u64, parse_state, sweep_transition,
+    truncate_micros,
 };
 use super::{
     AttemptFence, AttemptOutcome, CancelOutcome, Claim, CreateOutcome, JobStore, LeaseStatus,
@@ -33,6 +37,7 @@ use crate::model::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+mod events;
 mod reads;
 mod rows;
 
@@ -109,11 +114,16 @@ struct PgInner {
     channel: String,
     lock_key: i64,
     listener: JoinHandle<()>,
+    /// Wakes `notifier`: this store committed a change other instances should see.
+    notify_others: Arc<Notify>,
+    notifier: JoinHandle<()>,
+    events: events::EventOrder,
 }
 
 impl Drop for PgInner {
     fn drop(&mut self) {
         self.listener.abort();
+        self.notifier.abort();
     }
 }
 
@@ -170,6 +180,9 @@ impl PgStore {
         }
         let idle_ms = options.idle_in_transaction_timeout.as_millis().to_string();
         connect = connect.options([("idle_in_transaction_session_timeout", idle_ms.as_str())]);
+        // Notifications carry nothing that must survive a crash: their transactions
+        // need not wait for the WAL flush.
+        let notifier_connect = connect.clone().options([("synchronous_commit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(10))
@@ -177,13 +190,18 @@ impl PgStore {
             .await?;
         MIGRATOR.run(&pool).await?;
         let channel = format!("pulse_etl_{schema}");
+        // This store's own notifications come back to its listener: it knows them by
+        // this tag and does not wake its workers twice.
+        let tag = Uuid::new_v4().simple().to_string();
         let (changes, _) = watch::channel(0_u64);
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(&channel).await?;
         let notify = changes.clone();
+        let own_tag = tag.clone();
         let listener = tokio::spawn(async move {
             loop {
                 match listener.recv().await {
+                    Ok(notification) if notification.payload() == own_tag => continue,
                     Ok(_) => {}
                     Err(err) => {
                         // The listener reconnects on the next recv; notifications sent
@@ -195,6 +213,13 @@ impl PgStore {
                 notify.send_modify(|n| *n = n.wrapping_add(1));
             }
         });
+        let notify_others = Arc::new(Notify::new());
+        let notifier = tokio::spawn(notify_others_task(
+            notifier_connect,
+            channel.clone(),
+            tag,
+            Arc::clone(&notify_others),
+        ));
         Ok(Self {
             inner: Arc::new(PgInner {
                 pool,
@@ -202,6 +227,9 @@ impl PgStore {
                 lock_key: lock_key(&schema),
                 channel,
                 listener,
+                notify_others,
+                notifier,
+                events: events::EventOrder::default(),
             }),
         })
     }
@@ -224,11 +252,15 @@ impl PgStore {
         // The LISTEN connection is checked out for the listener's life, and closing a
         // pool waits for every checked-out connection: stop the listener first.
         self.inner.listener.abort();
+        self.inner.notifier.abort();
         self.inner.pool.close().await;
     }
 
+    /// After a commit: wakes this instance's workers and event pump, and has the
+    /// notifier tell the other instances.
     fn bump(&self) {
         self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.inner.notify_others.notify_one();
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
@@ -256,7 +288,18 @@ impl JobStore for PgStore {
     }
 
     async fn create_run(&self, new: NewRun) -> Result<CreateOutcome, StoreError> {
-        // A concurrent start can win the race between our check and our insert; the
+        if !new.force
+            && let Some(run) = self.create_unopposed(&new).await?
+        {
+            self.bump();
+            return Ok(CreateOutcome::Created {
+                run,
+                replaced: None,
+            });
+        }
+        // Something stood in the way (the idempotency key's run, the job's active run),
+        // or `force` must cancel the active run: find out what in a transaction. A
+        // concurrent start can win the race between our check and our insert; the
         // unique indexes catch it, and a second pass reports what won.
         for _ in 0..3 {
             let mut tx = self.begin().await?;
@@ -322,68 +365,61 @@ impl JobStore for PgStore {
         now: OffsetDateTime,
         lease: Duration,
     ) -> Result<Option<Claim>, StoreError> {
+        Ok(self.claim_many(instance, jobs, now, lease, 1).await?.pop())
+    }
+
+    async fn claim_many(
+        &self,
+        instance: InstanceId,
+        jobs: &[String],
+        now: OffsetDateTime,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Claim>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         let now = truncate_micros(now);
         let expires = now + lease;
-        let mut tx = self.begin().await?;
-        let row = sqlx::query(&format!(
-            "WITH next AS (SELECT r.id FROM etl_runs r \
-               WHERE r.state IN ('pending','retrying') AND r.next_attempt_at <= $3 \
-               AND r.job_name = ANY($4) \
-               AND NOT EXISTS (SELECT 1 FROM etl_runs o WHERE o.job_name = r.job_name \
-                 AND o.state IN {EXECUTING_STATES}) \
-               ORDER BY r.next_attempt_at, r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             UPDATE etl_runs SET state = 'running', attempts = attempts + 1, lease_owner = $1, \
-               lease_expires_at = $2, heartbeat_at = $3, started_at = COALESCE(started_at, $3), \
-               updated_at = $3 \
-             FROM next WHERE etl_runs.id = next.id RETURNING {}",
-            RUN_COLUMNS
-                .split(", ")
-                .map(|column| format!("etl_runs.{column}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+        let running = RunEventKind::State {
+            state: RunState::Running,
+            attempt: 0,
+            error: None,
+        };
+        // One statement: pick, start, write the attempt rows and the events (each
+        // event's attempt number filled in from its run). Row locks first, the events'
+        // shared lock last.
+        let rows = sqlx::query(&format!(
+            "WITH {} SELECT * FROM claimed ORDER BY next_attempt_at, created_at",
+            claim_ctes(ClaimParams {
+                instance: 1,
+                expires: 2,
+                now: 3,
+                jobs: 4,
+                wanted: "$5",
+                event_kind: 6,
+                event_payload: 7,
+                lock_key: 8,
+            })
         ))
         .bind(instance.as_uuid())
         .bind(expires)
         .bind(now)
         .bind(jobs)
-        .fetch_optional(&mut *tx)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .bind(event_kind_name(&running))
+        .bind(sqlx::types::Json(&running))
+        .bind(self.inner.lock_key)
+        .fetch_all(&self.inner.pool)
         .await?;
-        let Some(row) = row else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let run = run_from_row(&row)?;
-        let checkpoint: Option<Value> = row.try_get("checkpoint")?;
-        sqlx::query(
-            "INSERT INTO etl_attempts (run_id, number, instance_id, started_at, lease_expires_at, \
-             heartbeat_at) VALUES ($1, $2, $3, $4, $5, $4)",
-        )
-        .bind(run.id.as_uuid())
-        .bind(attempt_i32(run.attempts))
-        .bind(instance.as_uuid())
-        .bind(now)
-        .bind(expires)
-        .execute(&mut *tx)
-        .await?;
-        let kind = RunEventKind::State {
-            state: RunState::Running,
-            attempt: run.attempts,
-            error: None,
-        };
-        self.insert_event(&mut tx, run.id, &run.job_name, now, &kind)
-            .await?;
-        tx.commit().await?;
-        self.bump();
-        Ok(Some(Claim {
-            fence: AttemptFence {
-                run_id: run.id,
-                attempt: run.attempts,
-                instance_id: instance,
-            },
-            checkpoint,
-            lease_expires_at: expires,
-            run,
-        }))
+        let claims = rows
+            .iter()
+            .map(|row| claim_from_row(row, instance, expires))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        if !claims.is_empty() {
+            self.bump();
+        }
+        Ok(claims)
     }
 
     async fn heartbeat(
@@ -533,32 +569,31 @@ impl JobStore for PgStore {
         now: OffsetDateTime,
     ) -> Result<Run, StoreError> {
         let now = truncate_micros(now);
-        let mut tx = self.begin().await?;
-        let row = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM etl_runs WHERE {FENCE} FOR UPDATE"
-        ))
-        .bind(fence.run_id.as_uuid())
-        .bind(attempt_i32(fence.attempt))
-        .bind(fence.instance_id.as_uuid())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let row = row.ok_or(StoreError::Fenced)?;
-        let run = run_from_row(&row)?;
-        let max_attempts = u32_of(row.try_get("max_attempts")?, "max_attempts")?;
-        let transition = finish_transition(run.state, run.attempts, max_attempts, outcome, now);
-        self.apply_transition(
-            &mut tx,
-            run.id,
-            &run.job_name,
-            fence.attempt,
-            &transition,
-            now,
-        )
-        .await?;
-        let run = must_fetch_run(&mut tx, run.id).await?;
-        tx.commit().await?;
-        self.bump();
-        Ok(run)
+        if let Some((run, _)) = self.finish_running(fence, &outcome, now, None).await? {
+            self.bump();
+            return Ok(run);
+        }
+        self.finish_in_transaction(fence, outcome, now).await
+    }
+
+    async fn finish_and_claim(
+        &self,
+        fence: &AttemptFence,
+        outcome: AttemptOutcome,
+        now: OffsetDateTime,
+        jobs: &[String],
+        lease: Duration,
+    ) -> Result<(Run, Option<Claim>), StoreError> {
+        let now = truncate_micros(now);
+        if let Some(finished) = self
+            .finish_running(fence, &outcome, now, Some((jobs, lease)))
+            .await?
+        {
+            self.bump();
+            return Ok(finished);
+        }
+        // Not the common case: finish alone; the engine's claim loop takes the worker.
+        Ok((self.finish_in_transaction(fence, outcome, now).await?, None))
     }
 
     async fn request_cancel(
@@ -700,10 +735,168 @@ impl JobStore for PgStore {
     }
 
     async fn events_since(&self, after_seq: i64, limit: u32) -> Result<Vec<RunEvent>, StoreError> {
-        reads::events_since(&self.inner.pool, after_seq, limit).await
+        self.inner
+            .events
+            .events_since(&self.inner.pool, self.inner.lock_key, after_seq, limit)
+            .await
     }
 
     async fn latest_event_seq(&self) -> Result<i64, StoreError> {
-        reads::latest_event_seq(&self.inner.pool).await
+        // The largest committed seq may lie above one still in flight: settle first.
+        self.inner
+            .events
+            .settle_in_flight(&self.inner.pool, self.inner.lock_key)
+            .await
+    }
+}
+
+impl PgStore {
+    /// The general finish: any state, any outcome, in a transaction.
+    async fn finish_in_transaction(
+        &self,
+        fence: &AttemptFence,
+        outcome: AttemptOutcome,
+        now: OffsetDateTime,
+    ) -> Result<Run, StoreError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM etl_runs WHERE {FENCE} FOR UPDATE"
+        ))
+        .bind(fence.run_id.as_uuid())
+        .bind(attempt_i32(fence.attempt))
+        .bind(fence.instance_id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let row = row.ok_or(StoreError::Fenced)?;
+        let run = run_from_row(&row)?;
+        let max_attempts = u32_of(row.try_get("max_attempts")?, "max_attempts")?;
+        let transition = finish_transition(run.state, run.attempts, max_attempts, outcome, now);
+        self.apply_transition(
+            &mut tx,
+            run.id,
+            &run.job_name,
+            fence.attempt,
+            &transition,
+            now,
+        )
+        .await?;
+        let run = must_fetch_run(&mut tx, run.id).await?;
+        tx.commit().await?;
+        self.bump();
+        Ok(run)
+    }
+}
+
+/// Where [`claim_ctes`] finds its values: parameter numbers, and the SQL expression of
+/// how many runs to claim.
+pub(super) struct ClaimParams {
+    pub(super) instance: u8,
+    pub(super) expires: u8,
+    pub(super) now: u8,
+    pub(super) jobs: u8,
+    pub(super) wanted: &'static str,
+    pub(super) event_kind: u8,
+    pub(super) event_payload: u8,
+    pub(super) lock_key: u8,
+}
+
+/// The common table expressions of a claim (`next`, `claimed`, `claimed_attempt`,
+/// `claimed_event`): pick the runs, start them, write their attempt rows and their
+/// `running` events (each event's attempt number filled in from its run). Row locks
+/// first, the events' shared lock last. `claimed` returns the runs and their
+/// `next_attempt_at`.
+pub(super) fn claim_ctes(p: ClaimParams) -> String {
+    let ClaimParams {
+        instance,
+        expires,
+        now,
+        jobs,
+        wanted,
+        event_kind,
+        event_payload,
+        lock_key,
+    } = p;
+    let columns = RUN_COLUMNS
+        .split(", ")
+        .map(|column| format!("etl_runs.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "next AS (SELECT id FROM etl_claimable(${now}, ${jobs}, {wanted}) AS next (id)), \
+         claimed AS (UPDATE etl_runs SET state = 'running', attempts = attempts + 1, \
+           lease_owner = ${instance}, lease_expires_at = ${expires}, heartbeat_at = ${now}, \
+           started_at = COALESCE(started_at, ${now}), updated_at = ${now} \
+           FROM next WHERE etl_runs.id = next.id RETURNING {columns}, etl_runs.next_attempt_at), \
+         claimed_attempt AS (INSERT INTO etl_attempts (run_id, number, instance_id, started_at, \
+           lease_expires_at, heartbeat_at) \
+           SELECT id, attempts, ${instance}, ${now}, ${expires}, ${now} FROM claimed RETURNING run_id), \
+         claimed_event AS (INSERT INTO etl_events (run_id, job_name, at, kind, payload) \
+           SELECT c.id, c.job_name, ${now}, ${event_kind}, \
+             jsonb_set(${event_payload}::jsonb, '{{attempt}}', to_jsonb(c.attempts)) \
+           FROM claimed c JOIN claimed_attempt a ON a.run_id = c.id \
+           CROSS JOIN (SELECT pg_advisory_xact_lock_shared(${lock_key})) AS writer)"
+    )
+}
+
+/// A claimed run, from a row of `claimed`.
+pub(super) fn claim_from_row(
+    row: &sqlx::postgres::PgRow,
+    instance: InstanceId,
+    expires: OffsetDateTime,
+) -> Result<Claim, StoreError> {
+    let run = run_from_row(row)?;
+    Ok(Claim {
+        fence: AttemptFence {
+            run_id: run.id,
+            attempt: run.attempts,
+            instance_id: instance,
+        },
+        checkpoint: row.try_get("checkpoint")?,
+        lease_expires_at: expires,
+        run,
+    })
+}
+
+/// Sends one `NOTIFY` on `channel` whenever woken, however many commits woke it since
+/// the last one, on a connection of its own with asynchronous commit: a `NOTIFY` inside
+/// the writing transactions would serialise their commits (PostgreSQL orders the
+/// notification queue by holding one lock through each notifying commit).
+async fn notify_others_task(
+    connect: PgConnectOptions,
+    channel: String,
+    tag: String,
+    wake: Arc<Notify>,
+) {
+    let mut conn: Option<sqlx::PgConnection> = None;
+    loop {
+        wake.notified().await;
+        // A broken connection is replaced once per wake-up; a database that stays away
+        // costs one failed connect per wake-up, and the other instances poll meanwhile.
+        for retry in [false, true] {
+            if conn.is_none() {
+                match connect.connect().await {
+                    Ok(fresh) => conn = Some(fresh),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "NOTIFY connection failed");
+                        break;
+                    }
+                }
+            }
+            let Some(open) = conn.as_mut() else { break };
+            match sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&channel)
+                .bind(&tag)
+                .execute(open)
+                .await
+            {
+                Ok(_) => break,
+                Err(err) => {
+                    conn = None;
+                    if retry {
+                        tracing::warn!(error = %err, "NOTIFY failed");
+                    }
+                }
+            }
+        }
     }
 }

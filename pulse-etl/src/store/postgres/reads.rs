@@ -4,7 +4,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::rows::{RUN_COLUMNS, event_from_row, fetch_run, run_from_row, u32_of};
-use crate::model::{Attempt, InstanceId, LogLine, Run, RunEvent, RunId, StateCounts};
+use crate::model::{Attempt, InstanceId, LogLine, Run, RunId, StateCounts};
 use crate::store::StoreError;
 use crate::store::common::{ACTIVE_STATES, log_line, parse_state, to_u64};
 
@@ -106,27 +106,4 @@ pub(super) async fn logs(pool: &PgPool, id: RunId) -> Result<Vec<LogLine>, Store
             Err(err) => Some(Err(err)),
         })
         .collect()
-}
-
-pub(super) async fn events_since(
-    pool: &PgPool,
-    after_seq: i64,
-    limit: u32,
-) -> Result<Vec<RunEvent>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT seq, run_id, job_name, at, payload FROM etl_events WHERE seq > $1 \
-         ORDER BY seq LIMIT $2",
-    )
-    .bind(after_seq)
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?;
-    rows.iter().map(event_from_row).collect()
-}
-
-pub(super) async fn latest_event_seq(pool: &PgPool) -> Result<i64, StoreError> {
-    let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::bigint FROM etl_events")
-        .fetch_one(pool)
-        .await?;
-    Ok(seq)
 }
