@@ -131,14 +131,14 @@ async fn connection(index: usize, args: std::rc::Rc<Args>, start: Instant) -> Re
             for (name, value) in &args.headers {
                 req.headers_mut().insert(name.clone(), value.clone());
             }
-            if sender.ready().await.is_ok() {
-                if let Ok(resp) = sender.send_request(req).await {
-                    let status = resp.status();
-                    if resp.into_body().collect().await.is_ok() {
-                        ok = true;
-                        if measured && !status.is_success() {
-                            record.non_2xx += 1;
-                        }
+            if sender.ready().await.is_ok()
+                && let Ok(resp) = sender.send_request(req).await
+            {
+                let status = resp.status();
+                if resp.into_body().collect().await.is_ok() {
+                    ok = true;
+                    if measured && !status.is_success() {
+                        record.non_2xx += 1;
                     }
                 }
             }
