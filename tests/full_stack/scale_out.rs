@@ -1,0 +1,229 @@
+//! Several instances: a gateway over two ETL instances, a frontend over two gateways;
+//! one instance stopped, nothing fails.
+
+use crate::harness::*;
+
+const JWT_SECRET: &str = "scale-out-test-secret-of-at-least-32-bytes";
+const INTERNAL_KEYS: &str = "k1:scale-out-internal-key-of-at-least-32-bytes";
+
+/// A service alone, in its own data folder, with the deployment's shared secrets.
+async fn service(service: Service, dir: &std::path::Path, extra: &[&str]) -> Stack {
+    let mut all = vec!["--jwt-secret", JWT_SECRET, "--internal-keys", INTERNAL_KEYS];
+    all.extend_from_slice(extra);
+    start_service(service, dir, &all).await
+}
+
+fn etl_url(stack: &Stack) -> String {
+    format!("http://{}", stack.options.etl_addr)
+}
+
+fn backend_url(stack: &Stack) -> String {
+    format!(
+        "http://{}",
+        stack.backend.as_ref().expect("backend").server.addr
+    )
+}
+
+fn harness(stack: Stack) -> TestStack {
+    TestStack {
+        stack,
+        _dir: None,
+        http: client(),
+    }
+}
+
+/// The gateway over two ETL instances: with one stopped, every list, status and start
+/// succeeds (a refused request goes to the other instance), `/health` stays healthy and
+/// lists both; the stopped one is ejected. With both stopped, 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_balances_over_etl_instances_and_survives_one_stopped() {
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let etl_a = service(Service::Etl, dirs[0].path(), &[]).await;
+    let etl_b = service(Service::Etl, dirs[1].path(), &[]).await;
+    let (url_a, url_b) = (etl_url(&etl_a), etl_url(&etl_b));
+    let list = format!("{url_a},{url_b}");
+    let gateway = harness(service(Service::Backend, dirs[2].path(), &["--etl-url", &list]).await);
+    let back = backend_url(&gateway.stack);
+    let token = gateway.login(&back, "admin@pulse.local", "admin").await;
+
+    let health = gateway
+        .call(Method::GET, &format!("{back}/health"), None, None, &[])
+        .await;
+    assert_eq!(health.status, StatusCode::OK, "{}", health.body);
+    let instances = health.body["instances"]["etl"]
+        .as_array()
+        .expect("instances")
+        .clone();
+    assert_eq!(instances.len(), 2, "{}", health.body);
+    assert!(
+        instances.iter().all(|i| i["status"] == "healthy"),
+        "{}",
+        health.body
+    );
+
+    etl_a.shutdown().await;
+    // Every request still succeeds: balanced away from, or retried off, the dead one.
+    for i in 0..30 {
+        let jobs = gateway.jobs_status(&back, &token).await;
+        assert_eq!(jobs.status, StatusCode::OK, "request {i}: {}", jobs.body);
+        let status = gateway
+            .call(
+                Method::GET,
+                &format!("{back}/api/etl/jobs/status"),
+                Some(&token),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(
+            status.status,
+            StatusCode::OK,
+            "request {i}: {}",
+            status.body
+        );
+    }
+    // A start (a POST with a body) that meets the refused instance was never sent: it
+    // goes to the live one.
+    let started = gateway
+        .call(
+            Method::POST,
+            &format!("{back}/api/etl/jobs/jira_sync/start"),
+            Some(&token),
+            Some(json!({"params": {}})),
+            &[],
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
+    let run_id = started.body["run_id"].as_str().expect("run_id").to_owned();
+    let run = gateway
+        .call(
+            Method::GET,
+            &format!("{back}/api/etl/runs/{run_id}"),
+            Some(&token),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(run.status, StatusCode::OK, "{}", run.body);
+
+    let pool = &gateway.stack.backend.as_ref().expect("backend").etl;
+    let retries = pool
+        .stats()
+        .retries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        retries >= 1,
+        "the dead instance was met and retried away from"
+    );
+    assert!(
+        pool.instances()[0].ejected(),
+        "the dead instance is ejected"
+    );
+    assert!(!pool.instances()[1].ejected());
+
+    let health = gateway
+        .call(Method::GET, &format!("{back}/health"), None, None, &[])
+        .await;
+    assert_eq!(
+        health.status,
+        StatusCode::OK,
+        "healthy while one is: {}",
+        health.body
+    );
+    let instances = &health.body["instances"]["etl"];
+    assert_eq!(instances[0]["url"], url_a.as_str());
+    assert_eq!(instances[0]["status"], "unhealthy");
+    assert_eq!(instances[0]["ejected"], true);
+    assert_eq!(instances[1]["status"], "healthy");
+    let text = gateway
+        .call(
+            Method::GET,
+            &format!(
+                "http://{}/metrics",
+                gateway
+                    .stack
+                    .backend
+                    .as_ref()
+                    .expect("backend")
+                    .metrics
+                    .addr
+            ),
+            None,
+            None,
+            &[],
+        )
+        .await;
+    let text = text.body.as_str().unwrap_or_default().to_owned();
+    assert!(text.contains("pulse_upstream_retries_total"), "{text}");
+    assert!(
+        text.contains(&format!(
+            r#"pulse_upstream_ejected{{upstream="etl",instance="{url_a}"}} 1"#
+        )),
+        "{text}"
+    );
+
+    etl_b.shutdown().await;
+    let down = gateway.jobs_status(&back, &token).await;
+    assert_eq!(
+        down.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        down.body
+    );
+    let health = gateway
+        .call(Method::GET, &format!("{back}/health"), None, None, &[])
+        .await;
+    assert_eq!(
+        health.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        health.body
+    );
+    assert!(health.headers.contains_key("retry-after"));
+    gateway.stack.shutdown().await;
+}
+
+/// The frontend over two gateways: with one stopped, sign-in and the API through the
+/// frontend keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frontend_balances_over_gateways_and_survives_one_stopped() {
+    let dirs: Vec<_> = (0..4)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let etl = service(Service::Etl, dirs[0].path(), &[]).await;
+    let etl = etl_url_and(etl);
+    let gateway_a = service(Service::Backend, dirs[1].path(), &["--etl-url", &etl.1]).await;
+    let gateway_b = service(Service::Backend, dirs[2].path(), &["--etl-url", &etl.1]).await;
+    let list = format!("{},{}", backend_url(&gateway_a), backend_url(&gateway_b));
+    let frontend =
+        harness(service(Service::Frontend, dirs[3].path(), &["--backend-url", &list]).await);
+    let front = format!(
+        "http://{}",
+        frontend.stack.frontend.as_ref().expect("frontend").addr
+    );
+    let token = frontend.login(&front, "admin@pulse.local", "admin").await;
+    gateway_a.shutdown().await;
+    for i in 0..20 {
+        let jobs = frontend.jobs_status(&front, &token).await;
+        assert_eq!(jobs.status, StatusCode::OK, "request {i}: {}", jobs.body);
+        // A sign-in is a POST: never sent to the stopped gateway, it is sent to the other.
+        let login = frontend
+            .sign_in(&front, "viewer@pulse.local", "viewer")
+            .await;
+        assert_eq!(login.status, StatusCode::OK, "sign-in {i}: {}", login.body);
+    }
+    let health = frontend
+        .call(Method::GET, &format!("{front}/health"), None, None, &[])
+        .await;
+    assert_eq!(health.status, StatusCode::OK, "{}", health.body);
+    gateway_b.shutdown().await;
+    frontend.stack.shutdown().await;
+    etl.0.shutdown().await;
+}
+
+fn etl_url_and(stack: Stack) -> (Stack, String) {
+    let url = etl_url(&stack);
+    (stack, url)
+}
