@@ -227,3 +227,83 @@ fn etl_url_and(stack: Stack) -> (Stack, String) {
     let url = etl_url(&stack);
     (stack, url)
 }
+
+/// `POST /api/auth/login` with `client`.
+async fn login_with(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    base: &str,
+    email: &str,
+    password: &str,
+) -> Answer {
+    let request = Request::post(format!("{base}/api/auth/login"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            json!({"email": email, "password": password}).to_string(),
+        )))
+        .expect("valid request");
+    exchange(client, request).await
+}
+
+/// Two gateways on one accounts database and one Redis: the login throttle counted on
+/// one refuses on the other, and a logout on one is refused on the other at once —
+/// announced through Redis (the database poll is set to ten minutes here, so only the
+/// announcement can carry it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set PULSE_TEST_REDIS_URL"]
+async fn throttle_and_logout_hold_across_gateways_through_redis() {
+    let Ok(redis) = std::env::var("PULSE_TEST_REDIS_URL") else {
+        eprintln!("PULSE_TEST_REDIS_URL not set; skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etl = service(Service::Etl, dir.path(), &[]).await;
+    let etl_list = etl_url(&etl);
+    let shared = [
+        "--etl-url",
+        etl_list.as_str(),
+        "--redis-url",
+        redis.as_str(),
+        "--revocation-poll-ms",
+        "600000",
+    ];
+    // Both on the same data folder: one accounts database (SQLite here, PostgreSQL in
+    // a deployment), the same secrets.
+    let a = harness(service(Service::Backend, dir.path(), &shared).await);
+    let b = harness(service(Service::Backend, dir.path(), &shared).await);
+    let (back_a, back_b) = (backend_url(&a.stack), backend_url(&b.stack));
+
+    // A fresh client address each run: the counters live in Redis for 15 minutes.
+    let nonce = u8::try_from(std::process::id() % 200).expect("small") + 20;
+    let stranger = client_from([127, 0, 7, nonce]);
+    for _ in 0..5 {
+        let answer = login_with(&stranger, &back_a, "admin@pulse.local", "guess").await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.body);
+    }
+    let refused = login_with(&stranger, &back_b, "admin@pulse.local", "admin").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the other gateway refuses the pair: {}",
+        refused.body
+    );
+    assert_eq!(refused.body["code"], "rate_limited");
+
+    // A logout on A: B refuses the token as revoked.
+    let session = a.session(&back_a, "admin@pulse.local", "admin").await;
+    assert_eq!(
+        b.jobs_status(&back_b, &session.token).await.status,
+        StatusCode::OK
+    );
+    let out = a
+        .logout(&back_a, Some(&session.token), Some(&session.cookie))
+        .await;
+    assert!(out.status.is_success(), "{}", out.body);
+    b.until_revoked(&back_b, &session.token).await;
+    // The refresh token is dead on B too (its row is in the shared database).
+    let refresh = b.refresh(&back_b, Some(&session.cookie)).await;
+    assert_eq!(refresh.status, StatusCode::UNAUTHORIZED, "{}", refresh.body);
+
+    a.stack.shutdown().await;
+    b.stack.shutdown().await;
+    etl.shutdown().await;
+}

@@ -95,6 +95,15 @@ pub struct Options {
     /// The ETL service's URL as the gateway reaches it [default: from --etl-addr].
     #[arg(long, env = "PULSE_ETL_URL")]
     pub etl_url: Option<String>,
+    /// Redis for what several gateways share: login throttle counters, revocation
+    /// announcements, the response cache [default: none, all in this process].
+    #[arg(long, env = "PULSE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// How often a gateway reads the accounts database's revocation change counter,
+    /// in milliseconds (with Redis, other gateways' changes also arrive at once).
+    #[arg(long, env = "PULSE_REVOCATION_POLL_MS", default_value_t = 1000, hide = true,
+        value_parser = clap::value_parser!(u64).range(10..))]
+    pub revocation_poll_ms: u64,
     /// The job store and the gateway's accounts: `sqlite://path` or `postgres://…`
     /// [default: SQLite file in the data folder].
     #[arg(

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod job_audit;
 pub mod metrics;
+pub mod shared;
 pub mod ws;
 
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use pulse_core::rbac::RuleTable;
 use pulse_core::request_id::RequestId;
 use pulse_core::{AuthorizeLayer, RequestIdLayer};
 use pulse_etl::client::EtlClient;
-use pulse_proxy::cache::{CacheLayer, CacheStats, MemoryStore};
+use pulse_proxy::cache::{CacheLayer, CacheStats, MemoryStore, RedisStore};
 use pulse_proxy::transport::{HttpTransport, TransportBody, TransportConfig};
 use pulse_proxy::{Proxy, ProxyConfig, ProxyError, UpstreamClassifier};
 use tokio::net::TcpListener;
@@ -49,7 +50,7 @@ use self::auth::{Auth, AuthParts, json_error};
 use self::ws::Hub;
 use super::accounts::housekeeping::{self, Retention};
 use super::accounts::password::PasswordHashing;
-use super::accounts::revocation::{POLL_INTERVAL, RevocationList};
+use super::accounts::revocation::RevocationList;
 use super::accounts::seed::{announce_bootstrap, seed_demo};
 use super::accounts::{AccountStore, MANAGE_USERS};
 use super::config::{Options, Secrets};
@@ -105,6 +106,7 @@ pub struct BackendService {
     pub bootstrap_required: bool,
     stop: watch::Sender<bool>,
     revocation_watch: tokio::task::JoinHandle<()>,
+    redis_sync: Option<tokio::task::JoinHandle<()>>,
     clean_up: tokio::task::JoinHandle<()>,
 }
 
@@ -116,6 +118,9 @@ impl BackendService {
         self.metrics.stop().await;
         let _ = self.stop.send(true);
         let _ = self.revocation_watch.await;
+        if let Some(redis_sync) = self.redis_sync {
+            let _ = redis_sync.await;
+        }
         let _ = self.clean_up.await;
     }
 }
@@ -180,7 +185,26 @@ pub async fn start(
     let revocations = RevocationList::load(&store)
         .await
         .context("loading revocations")?;
-    let revocation_watch = revocations.watch(store.clone(), POLL_INTERVAL, stopped.clone());
+    let revocation_watch = revocations.watch(
+        store.clone(),
+        Duration::from_millis(options.revocation_poll_ms),
+        stopped.clone(),
+    );
+    // With Redis: the throttle counters and the response cache are shared, and
+    // revocations are announced to every gateway at once.
+    let redis = match &options.redis_url {
+        Some(url) => Some(shared::connect(url).await.context("PULSE_REDIS_URL")?),
+        None => None,
+    };
+    let redis_sync = redis.as_ref().map(|(client, conn)| {
+        shared::spawn_revocation_sync(
+            client.clone(),
+            conn.clone(),
+            revocations.clone(),
+            store.clone(),
+            stopped.clone(),
+        )
+    });
     // The audit trail's retention and expired session rows: now, then every hour.
     let clean_up = store.spawn_clean_up(
         Retention::days(options.audit_retention_days),
@@ -207,12 +231,20 @@ pub async fn start(
     let (workers, queue) = options.login_hash_pool();
     let pool = HashingPool::new(workers, queue)?;
     tracing::info!(workers, queue, "password-hashing pool");
-    let throttle = LoginThrottle::new(
-        ThrottlePolicy::default(),
-        // Keyed by the user-token secret, which every gateway of a deployment shares.
-        ThrottleKeys::new(secrets.jwt_secret.as_bytes()),
-        MemoryThrottleStore::default(),
-    );
+    // Keyed by the user-token secret, which every gateway of a deployment shares.
+    let throttle_keys = ThrottleKeys::new(secrets.jwt_secret.as_bytes());
+    let throttle = match &redis {
+        Some((_, conn)) => LoginThrottle::new(
+            ThrottlePolicy::default(),
+            throttle_keys,
+            shared::RedisThrottleStore::new(conn.clone(), "pulse:throttle:"),
+        ),
+        None => LoginThrottle::new(
+            ThrottlePolicy::default(),
+            throttle_keys,
+            MemoryThrottleStore::default(),
+        ),
+    };
     let users = Arc::new(Auth::new(AuthParts {
         store: store.clone(),
         revocations,
@@ -299,7 +331,14 @@ pub async fn start(
     let proxy = Proxy::new(transport, proxy_config);
 
     // The dashboard polls the status: one upstream call per second however many tabs.
-    let cache = CacheLayer::new(MemoryStore::new()).with_ttl(STATUS_CACHE_TTL);
+    // With Redis, one upstream call per second for all the gateways.
+    let cache = match &redis {
+        Some((_, conn)) => {
+            CacheLayer::new(RedisStore::new(conn.clone()).with_namespace("pulse:cache"))
+        }
+        None => CacheLayer::new(MemoryStore::new()),
+    }
+    .with_ttl(STATUS_CACHE_TTL);
     let cache_stats = cache.stats();
     let status = cache.layer(proxy.clone());
 
@@ -413,6 +452,7 @@ pub async fn start(
         bootstrap_required,
         stop,
         revocation_watch,
+        redis_sync,
         clean_up,
     })
 }
