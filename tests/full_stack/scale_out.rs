@@ -6,11 +6,15 @@ use crate::harness::*;
 const JWT_SECRET: &str = "scale-out-test-secret-of-at-least-32-bytes";
 const INTERNAL_KEYS: &str = "k1:scale-out-internal-key-of-at-least-32-bytes";
 
-/// A service alone, in its own data folder, with the deployment's shared secrets.
+/// A service alone, in its own data folder, with the deployment's shared secrets;
+/// `extra` is flag/value pairs, replacing the harness's values.
 async fn service(service: Service, dir: &std::path::Path, extra: &[&str]) -> Stack {
-    let mut all = vec!["--jwt-secret", JWT_SECRET, "--internal-keys", INTERNAL_KEYS];
-    all.extend_from_slice(extra);
-    start_service(service, dir, &all).await
+    let mut pairs = vec![
+        ("--jwt-secret", JWT_SECRET),
+        ("--internal-keys", INTERNAL_KEYS),
+    ];
+    pairs.extend(extra.chunks(2).map(|pair| (pair[0], pair[1])));
+    start_args(service, args_overriding(dir, &pairs)).await
 }
 
 fn etl_url(stack: &Stack) -> String {
@@ -306,4 +310,151 @@ async fn throttle_and_logout_hold_across_gateways_through_redis() {
     a.stack.shutdown().await;
     b.stack.shutdown().await;
     etl.shutdown().await;
+}
+
+/// The WebSocket hub over two ETL instances on one PostgreSQL database: each instance
+/// is stopped in turn while runs go on, the hub resubscribes to the other with
+/// `Last-Event-ID`, and a WebSocket client sees exactly the events the database holds
+/// for that span — every one once, in order, none missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set PULSE_TEST_DATABASE_URL"]
+async fn the_hub_resubscribes_to_another_instance_without_a_gap_or_a_repeat() {
+    if std::env::var("PULSE_TEST_DATABASE_URL").is_err() {
+        eprintln!("PULSE_TEST_DATABASE_URL not set; skipped");
+        return;
+    }
+    let schema = crate::postgres::Schema::new("hub_resubscribe");
+    let db = schema.flags();
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let slow: Vec<&str> = db
+        .iter()
+        .copied()
+        .chain(["--fixture-latency-ms", "150"])
+        .collect();
+    let etl_a = service(Service::Etl, dirs[0].path(), &slow).await;
+    let etl_b = service(Service::Etl, dirs[1].path(), &slow).await;
+    let (url_a, url_b) = (etl_url(&etl_a), etl_url(&etl_b));
+    let list = format!("{url_a},{url_b}");
+    let gateway = harness(service(Service::Backend, dirs[2].path(), &["--etl-url", &list]).await);
+    let back = backend_url(&gateway.stack);
+    let token = gateway.login(&back, "admin@pulse.local", "admin").await;
+    let hub = gateway.stack.backend.as_ref().expect("backend").hub.clone();
+    eventually("the hub is subscribed", || {
+        let hub = hub.clone();
+        async move { hub.upstream_up() }
+    })
+    .await;
+
+    // The client's record: every event id, in the order received.
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/ws/job-status",
+        back.trim_start_matches("http://")
+    ))
+    .expect("ws request");
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("bearer, {token}").parse().expect("header"),
+    );
+    let (socket, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("handshake in time")
+        .expect("WebSocket handshake");
+    let seen = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let record = Arc::clone(&seen);
+    let reader = tokio::spawn(async move {
+        let (_, mut incoming) = socket.split();
+        while let Some(Ok(message)) = incoming.next().await {
+            if let tungstenite::Message::Text(text) = message {
+                let value: Value = serde_json::from_str(&text).expect("JSON message");
+                let id = value["event_id"].as_i64().expect("event_id");
+                record.lock().expect("record").push(id);
+            }
+        }
+    });
+
+    let start = |job: &'static str| {
+        let gateway = &gateway;
+        let back = back.clone();
+        let token = token.clone();
+        async move {
+            let started = gateway
+                .call(
+                    Method::POST,
+                    &format!("{back}/api/etl/jobs/{job}/start"),
+                    Some(&token),
+                    Some(json!({})),
+                    &[],
+                )
+                .await;
+            assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
+            started.body["run_id"].as_str().expect("run_id").to_owned()
+        }
+    };
+    let finish = |run_id: String| {
+        let gateway = &gateway;
+        let token = token.clone();
+        async move {
+            let done = gateway.wait_terminal(&token, &run_id).await;
+            assert_eq!(done["state"], "succeeded", "{done}");
+        }
+    };
+    // Runs are slow (the fixture source answers after 150 ms), so events keep coming
+    // while an instance stops: stop A mid-run, A back on its address, stop B mid-run.
+    // Whichever instance the hub was on, it had to move at least once, with events
+    // written meanwhile by the other.
+    let first = start("jira_sync").await;
+    let second = start("github_sync").await;
+    let addr_a = etl_a.options.etl_addr.to_string();
+    etl_a.shutdown().await;
+    finish(first).await;
+    finish(second).await;
+    let mut again: Vec<&str> = vec!["--etl-addr", &addr_a];
+    again.extend_from_slice(&slow);
+    let etl_a = service(Service::Etl, dirs[0].path(), &again).await;
+    let third = start("jira_sync").await;
+    let fourth = start("github_sync").await;
+    etl_b.shutdown().await;
+    finish(third).await;
+    finish(fourth).await;
+    assert!(
+        hub.resubscriptions() >= 1,
+        "the hub moved to another instance"
+    );
+
+    // What the database holds from the client's first event on, replayed by A.
+    let ring = pulse_core::internal_auth::KeyRing::parse(INTERNAL_KEYS).expect("keys");
+    let etl = pulse_etl::client::EtlClient::http(&url_a)
+        .expect("client")
+        .with_key_ring(ring);
+    let seen_now = seen.lock().expect("record").clone();
+    let (first, last) = (seen_now[0], *seen_now.last().expect("events"));
+    let mut replay = etl.events_after(Some(first - 1)).await.expect("replay");
+    let mut stored = Vec::new();
+    while stored.last().is_none_or(|id| *id < last) {
+        let _ = tokio::time::timeout(DEADLINE, replay.next())
+            .await
+            .expect("replayed in time")
+            .expect("an event");
+        stored.push(replay.last_event_id().expect("an id"));
+    }
+    eventually("the client has every event up to the last", || {
+        let seen = Arc::clone(&seen);
+        async move { seen.lock().expect("record").last() >= Some(&last) }
+    })
+    .await;
+    let seen_now = seen.lock().expect("record").clone();
+    assert_eq!(
+        seen_now
+            .iter()
+            .take_while(|id| **id <= last)
+            .copied()
+            .collect::<Vec<_>>(),
+        stored,
+        "the client saw every stored event once, in order"
+    );
+    reader.abort();
+    gateway.stack.shutdown().await;
+    etl_a.shutdown().await;
 }

@@ -99,6 +99,9 @@ pub struct BackendService {
     /// The balanced ETL instances (the tests read their counters).
     #[allow(dead_code)]
     pub etl: EtlPool,
+    /// The WebSocket fan-out (the tests watch its subscription).
+    #[allow(dead_code)]
+    pub hub: Hub,
     /// The accounts (the tests read the audit trail and revocations through it).
     #[allow(dead_code)]
     pub accounts: AccountStore,
@@ -344,6 +347,7 @@ pub async fn start(
 
     let probe = EtlProbe::new(&etl_pool.urls())?;
     let hub = Hub::start(etl_pool.clone(), ring, stopped)?;
+    let hub_handle = hub.clone();
     let gateway = Gateway {
         etl: etl_pool.clone(),
         cache_stats,
@@ -448,6 +452,7 @@ pub async fn start(
         metrics,
         breaker: etl_pool.instances()[0].breaker().clone(),
         etl: etl_pool,
+        hub: hub_handle,
         accounts: store,
         bootstrap_required,
         stop,
