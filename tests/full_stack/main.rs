@@ -14,6 +14,7 @@ mod harness;
 mod accounts;
 mod admin;
 mod auth;
+mod chaos;
 mod cli;
 mod deployment;
 mod frontend;

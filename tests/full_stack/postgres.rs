@@ -33,6 +33,16 @@ impl Schema {
         }
     }
 
+    /// The schema's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The server's URL.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
     /// The flags that put a stack on this schema.
     pub(crate) fn flags(&self) -> [&str; 4] {
         ["--database-url", &self.url, "--database-schema", &self.name]

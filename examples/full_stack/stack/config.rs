@@ -197,6 +197,20 @@ pub struct Options {
         hide = true
     )]
     pub fixture_latency_ms: u64,
+    /// ETL: how long a run's lease lasts without a heartbeat, in milliseconds (renewed
+    /// every third of it); a dead instance's runs are taken over after it and a sweep.
+    #[arg(long, env = "PULSE_ETL_LEASE_MS", default_value_t = 30_000, hide = true,
+        value_parser = clap::value_parser!(u64).range(300..))]
+    pub etl_lease_ms: u64,
+    /// ETL: how often expired leases are swept, in milliseconds.
+    #[arg(long, env = "PULSE_ETL_SWEEP_MS", default_value_t = 15_000, hide = true,
+        value_parser = clap::value_parser!(u64).range(100..))]
+    pub etl_sweep_ms: u64,
+    /// ETL: run `github_sync` by itself every this many seconds (each slot fires once
+    /// across instances) [default: no schedule].
+    #[arg(long, env = "PULSE_GITHUB_EVERY_SECS", hide = true,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub github_every_secs: Option<u64>,
     /// How long the circuit to the ETL service stays open, in milliseconds.
     #[arg(long, env = "PULSE_BREAKER_OPEN_MS", default_value_t = 5000)]
     pub breaker_open_ms: u64,

@@ -302,15 +302,20 @@ impl<B, RB> Pool<B, RB> {
     }
 }
 
-fn is_idempotent(method: &Method) -> bool {
+/// Whether sending the request twice does no more than sending it once: an idempotent
+/// method, or any request carrying an `Idempotency-Key` (the ETL answers a repeated
+/// start with the same key with the first run).
+fn is_idempotent(method: &Method, headers: &http::HeaderMap) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
+    ) || headers.contains_key("idempotency-key")
 }
 
-/// Whether a failed attempt may be sent again elsewhere.
-pub fn retryable(error: &ProxyError, method: &Method) -> bool {
+/// Whether a failed attempt may be sent again elsewhere: one never sent, whatever it
+/// is, or an idempotent one (see [`is_idempotent`]) whose connection broke or whose
+/// answer did not come in time (a frozen instance).
+pub fn retryable(error: &ProxyError, method: &Method, headers: &http::HeaderMap) -> bool {
     let never_sent = matches!(
         error,
         ProxyError::ConnectRefused
@@ -321,8 +326,15 @@ pub fn retryable(error: &ProxyError, method: &Method) -> bool {
             }
     );
     never_sent
-        || (is_idempotent(method)
-            && matches!(error, ProxyError::Protocol | ProxyError::ConnectionLost))
+        || (is_idempotent(method, headers)
+            && matches!(
+                error,
+                ProxyError::Protocol
+                    | ProxyError::ConnectionLost
+                    | ProxyError::Timeout {
+                        phase: pulse_proxy::TimeoutPhase::ResponseHeaders
+                    }
+            ))
 }
 
 fn outcome_of<RB>(result: &Result<Response<RB>, ProxyError>) -> Outcome {
@@ -392,6 +404,7 @@ where
                 request
             };
         let method = request.method().clone();
+        let headers = request.headers().clone();
         let again = if self.inner.instances.len() > 1 {
             copy(&request)
         } else {
@@ -406,7 +419,7 @@ where
             }
             Err(error) => error,
         };
-        let Some(again) = again.filter(|_| retryable(&error, &method)) else {
+        let Some(again) = again.filter(|_| retryable(&error, &method, &headers)) else {
             return Err(error);
         };
         if !self.inner.budget.withdraw() {
@@ -551,6 +564,27 @@ mod tests {
             .expect_err("both fail");
         assert_eq!(total(&calls), 3, "a GET is tried on both instances");
         assert!(calls.iter().all(|c| c.load(Ordering::Relaxed) >= 1));
+        // A POST with an Idempotency-Key may be sent twice: it is tried on both.
+        let mut keyed = request(Method::POST);
+        keyed
+            .headers_mut()
+            .insert("idempotency-key", http::HeaderValue::from_static("start-1"));
+        let _ = pool.call(keyed).await.expect_err("both fail");
+        assert_eq!(total(&calls), 5, "a keyed POST is tried on both instances");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_out_answer_is_retried_only_when_idempotent() {
+        let timeout = ProxyError::Timeout {
+            phase: pulse_proxy::TimeoutPhase::ResponseHeaders,
+        };
+        let none = http::HeaderMap::new();
+        assert!(retryable(&timeout, &Method::GET, &none));
+        assert!(!retryable(&timeout, &Method::POST, &none));
+        let mut keyed = http::HeaderMap::new();
+        keyed.insert("idempotency-key", http::HeaderValue::from_static("k"));
+        assert!(retryable(&timeout, &Method::POST, &keyed));
+        assert!(!retryable(&ProxyError::InvalidBody, &Method::GET, &keyed));
     }
 
     #[tokio::test(start_paused = true)]
