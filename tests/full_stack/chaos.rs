@@ -656,6 +656,9 @@ async fn chaos_kills_and_freezes_lose_nothing() {
                     ETL_TIMEOUT_MS,
                     "--breaker-open-ms",
                     "1000",
+                    // Events happen while a hub moves: only its resume brings them.
+                    "--ws-resubscribe-delay-ms",
+                    "300",
                     "backend",
                 ]
                 .map(str::to_owned),

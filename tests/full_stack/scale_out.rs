@@ -312,10 +312,12 @@ async fn throttle_and_logout_hold_across_gateways_through_redis() {
     etl.shutdown().await;
 }
 
-/// The WebSocket hub over two ETL instances on one PostgreSQL database: each instance
-/// is stopped in turn while runs go on, the hub resubscribes to the other with
-/// `Last-Event-ID`, and a WebSocket client sees exactly the events the database holds
-/// for that span — every one once, in order, none missing.
+/// The WebSocket hub over two ETL instances on one PostgreSQL database: the hub's
+/// instance is stopped before any event (the hub resumes after the `position` it was
+/// given), then the other one mid-run; the hub waits 400 ms before each move while runs
+/// write events, resubscribes with `Last-Event-ID`, and a WebSocket client sees exactly
+/// the events the database holds — every one once, in order, none missing. (Without
+/// the resume, or without the position, the events of the switch are missing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL: set PULSE_TEST_DATABASE_URL"]
 async fn the_hub_resubscribes_to_another_instance_without_a_gap_or_a_repeat() {
@@ -337,7 +339,16 @@ async fn the_hub_resubscribes_to_another_instance_without_a_gap_or_a_repeat() {
     let etl_b = service(Service::Etl, dirs[1].path(), &slow).await;
     let (url_a, url_b) = (etl_url(&etl_a), etl_url(&etl_b));
     let list = format!("{url_a},{url_b}");
-    let gateway = harness(service(Service::Backend, dirs[2].path(), &["--etl-url", &list]).await);
+    // The hub waits 400 ms before it moves to another instance: runs write events
+    // meanwhile, which only a resume with `Last-Event-ID` brings back.
+    let gateway = harness(
+        service(
+            Service::Backend,
+            dirs[2].path(),
+            &["--etl-url", &list, "--ws-resubscribe-delay-ms", "400"],
+        )
+        .await,
+    );
     let back = backend_url(&gateway.stack);
     let token = gateway.login(&back, "admin@pulse.local", "admin").await;
     let hub = gateway.stack.backend.as_ref().expect("backend").hub.clone();
@@ -401,36 +412,47 @@ async fn the_hub_resubscribes_to_another_instance_without_a_gap_or_a_repeat() {
         }
     };
     // Runs are slow (the fixture source answers after 150 ms), so events keep coming
-    // while an instance stops: stop A mid-run, A back on its address, stop B mid-run.
-    // Whichever instance the hub was on, it had to move at least once, with events
-    // written meanwhile by the other.
+    // while the hub moves. First its instance stops before any event was stored (the
+    // hub resumes after the position that instance gave it), then the other one
+    // mid-run (the hub resumes after the last event it forwarded).
+    let mut etls = [Some(etl_a), Some(etl_b)];
+    let urls = [url_a.clone(), url_b.clone()];
+    let first_on = hub.instance().expect("subscribed");
+    let addr = etls[first_on]
+        .as_ref()
+        .expect("running")
+        .options
+        .etl_addr
+        .to_string();
+    etls[first_on].take().expect("running").shutdown().await;
     let first = start("jira_sync").await;
     let second = start("github_sync").await;
-    let addr_a = etl_a.options.etl_addr.to_string();
-    etl_a.shutdown().await;
     finish(first).await;
     finish(second).await;
-    let mut again: Vec<&str> = vec!["--etl-addr", &addr_a];
+    let mut again: Vec<&str> = vec!["--etl-addr", &addr];
     again.extend_from_slice(&slow);
-    let etl_a = service(Service::Etl, dirs[0].path(), &again).await;
+    etls[first_on] = Some(service(Service::Etl, dirs[first_on].path(), &again).await);
     let third = start("jira_sync").await;
     let fourth = start("github_sync").await;
-    etl_b.shutdown().await;
+    eventually("the hub is on the other instance", || {
+        let hub = hub.clone();
+        async move { hub.instance() == Some(1 - first_on) }
+    })
+    .await;
+    etls[1 - first_on].take().expect("running").shutdown().await;
     finish(third).await;
     finish(fourth).await;
-    assert!(
-        hub.resubscriptions() >= 1,
-        "the hub moved to another instance"
-    );
+    assert!(hub.resubscriptions() >= 2, "the hub moved twice");
 
-    // What the database holds from the client's first event on, replayed by A.
+    // Everything the database holds (the client connected before any event was
+    // stored), replayed by the instance still running.
     let ring = pulse_core::internal_auth::KeyRing::parse(INTERNAL_KEYS).expect("keys");
-    let etl = pulse_etl::client::EtlClient::http(&url_a)
+    let etl = pulse_etl::client::EtlClient::http(&urls[first_on])
         .expect("client")
         .with_key_ring(ring);
     let seen_now = seen.lock().expect("record").clone();
-    let (first, last) = (seen_now[0], *seen_now.last().expect("events"));
-    let mut replay = etl.events_after(Some(first - 1)).await.expect("replay");
+    let last = *seen_now.last().expect("events");
+    let mut replay = etl.events_after(Some(0)).await.expect("replay");
     let mut stored = Vec::new();
     while stored.last().is_none_or(|id| *id < last) {
         let _ = tokio::time::timeout(DEADLINE, replay.next())
@@ -456,5 +478,7 @@ async fn the_hub_resubscribes_to_another_instance_without_a_gap_or_a_repeat() {
     );
     reader.abort();
     gateway.stack.shutdown().await;
-    etl_a.shutdown().await;
+    for etl in etls.into_iter().flatten() {
+        etl.shutdown().await;
+    }
 }

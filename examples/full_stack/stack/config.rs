@@ -211,6 +211,16 @@ pub struct Options {
     #[arg(long, env = "PULSE_GITHUB_EVERY_SECS", hide = true,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub github_every_secs: Option<u64>,
+    /// Gateway: how long the WebSocket hub waits before subscribing to another ETL
+    /// instance when its event stream broke, in milliseconds (tests: events happen
+    /// during the switch, and must be replayed).
+    #[arg(
+        long,
+        env = "PULSE_WS_RESUBSCRIBE_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub ws_resubscribe_delay_ms: u64,
     /// How long the circuit to the ETL service stays open, in milliseconds.
     #[arg(long, env = "PULSE_BREAKER_OPEN_MS", default_value_t = 5000)]
     pub breaker_open_ms: u64,

@@ -346,7 +346,12 @@ pub async fn start(
     let status = cache.layer(proxy.clone());
 
     let probe = EtlProbe::new(&etl_pool.urls())?;
-    let hub = Hub::start(etl_pool.clone(), ring, stopped)?;
+    let hub = Hub::start(
+        etl_pool.clone(),
+        ring,
+        Duration::from_millis(options.ws_resubscribe_delay_ms),
+        stopped,
+    )?;
     let hub_handle = hub.clone();
     let gateway = Gateway {
         etl: etl_pool.clone(),

@@ -32,6 +32,15 @@ pub struct Hub {
     clients: Arc<AtomicUsize>,
     upstream_up: watch::Receiver<bool>,
     resubscriptions: Arc<AtomicUsize>,
+    /// 1 + the index of the instance subscribed to, 0 while none is.
+    instance: Arc<AtomicUsize>,
+}
+
+/// What the subscription loop reports to the [`Hub`].
+struct Reports {
+    up_tx: watch::Sender<bool>,
+    resubscriptions: Arc<AtomicUsize>,
+    instance: Arc<AtomicUsize>,
 }
 
 /// The hub's subscription loop (see [`Hub::start`]).
@@ -39,10 +48,15 @@ async fn subscribe(
     pool: EtlPool,
     clients: Vec<EtlClient>,
     sender: broadcast::Sender<Arc<str>>,
-    up_tx: watch::Sender<bool>,
-    resubscriptions: Arc<AtomicUsize>,
+    reports: Reports,
+    resubscribe_delay: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Reports {
+        up_tx,
+        resubscriptions,
+        instance,
+    } = reports;
     let mut backoff = MIN_BACKOFF;
     // The id of the last event forwarded: resumed after on the next subscription.
     let mut last: Option<i64> = None;
@@ -63,6 +77,7 @@ async fn subscribe(
                     subscribed_before = true;
                     tracing::info!(instance = %client.base_url(), last_event_id = ?last,
                         "subscribed to the ETL event stream");
+                    instance.store(index + 1, Ordering::Relaxed);
                     let _ = up_tx.send(true);
                     backoff = MIN_BACKOFF;
                     while let Some(item) = stream.next().await {
@@ -84,7 +99,10 @@ async fn subscribe(
                             }
                         }
                     }
-                    tracing::warn!(instance = %client.base_url(),
+                    // Resume after the stream's last id even when no run event came:
+                    // the instance said where the stream started (`position`).
+                    last = last.max(stream.last_event_id());
+                    tracing::warn!(instance = %client.base_url(), last_event_id = ?last,
                         "ETL event stream ended; subscribing to another instance");
                     true
                 }
@@ -99,11 +117,18 @@ async fn subscribe(
             up = session => up,
             _ = stop.wait_for(|s| *s) => return,
         };
+        instance.store(0, Ordering::Relaxed);
         let _ = up_tx.send(false);
         avoid = Some(index);
         // A stream that was up and broke: straight to another instance. A refused
         // subscription: wait a little (doubling) before the next one.
         if was_up && clients.len() > 1 {
+            if !resubscribe_delay.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(resubscribe_delay) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
             continue;
         }
         tokio::select! {
@@ -130,9 +155,13 @@ impl Hub {
     /// subscribes at once to another one (p2c, ejected ones last) with `Last-Event-ID`,
     /// so that it replays what was missed: every event once, in order. (The ETL
     /// instances share one PostgreSQL database, so event ids are the same everywhere.)
+    ///
+    /// `resubscribe_delay` (0 in production) holds the move to another instance back,
+    /// so that tests can make events happen during the switch.
     pub fn start(
         pool: EtlPool,
         ring: KeyRing,
+        resubscribe_delay: Duration,
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let clients = pool
@@ -146,12 +175,17 @@ impl Hub {
         let (updates, _) = broadcast::channel(256);
         let (up_tx, upstream_up) = watch::channel(false);
         let resubscriptions = Arc::new(AtomicUsize::new(0));
+        let instance = Arc::new(AtomicUsize::new(0));
         tokio::spawn(subscribe(
             pool,
             clients,
             updates.clone(),
-            up_tx,
-            Arc::clone(&resubscriptions),
+            Reports {
+                up_tx,
+                resubscriptions: Arc::clone(&resubscriptions),
+                instance: Arc::clone(&instance),
+            },
+            resubscribe_delay,
             stop,
         ));
         Ok(Self {
@@ -159,6 +193,7 @@ impl Hub {
             clients: Arc::default(),
             upstream_up,
             resubscriptions,
+            instance,
         })
     }
 
@@ -166,6 +201,12 @@ impl Hub {
     #[allow(dead_code)] // read by the tests
     pub fn resubscriptions(&self) -> usize {
         self.resubscriptions.load(Ordering::Relaxed)
+    }
+
+    /// The index (in the pool) of the ETL instance whose stream the hub reads now.
+    #[allow(dead_code)] // read by the tests
+    pub fn instance(&self) -> Option<usize> {
+        self.instance.load(Ordering::Relaxed).checked_sub(1)
     }
 
     /// Connected WebSocket clients.
