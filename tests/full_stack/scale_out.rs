@@ -208,6 +208,18 @@ async fn the_frontend_balances_over_gateways_and_survives_one_stopped() {
         frontend.stack.frontend.as_ref().expect("frontend").addr
     );
     let token = frontend.login(&front, "admin@pulse.local", "admin").await;
+    // `/health` lists every gateway (and, from a healthy one, every ETL instance).
+    let health = frontend
+        .call(Method::GET, &format!("{front}/health"), None, None, &[])
+        .await;
+    assert_eq!(health.status, StatusCode::OK, "{}", health.body);
+    let listed = &health.body["instances"]["backend"];
+    assert_eq!(listed[0]["url"], backend_url(&gateway_a).as_str());
+    assert_eq!(listed[1]["url"], backend_url(&gateway_b).as_str());
+    assert_eq!(listed[0]["status"], "healthy", "{}", health.body);
+    assert_eq!(listed[1]["status"], "healthy", "{}", health.body);
+    assert_eq!(health.body["instances"]["etl"][0]["status"], "healthy");
+    let url_a = backend_url(&gateway_a);
     gateway_a.shutdown().await;
     for i in 0..20 {
         let jobs = frontend.jobs_status(&front, &token).await;
@@ -222,7 +234,23 @@ async fn the_frontend_balances_over_gateways_and_survives_one_stopped() {
         .call(Method::GET, &format!("{front}/health"), None, None, &[])
         .await;
     assert_eq!(health.status, StatusCode::OK, "{}", health.body);
+    let listed = &health.body["instances"]["backend"];
+    assert_eq!(listed[0]["url"], url_a.as_str());
+    assert_eq!(listed[0]["status"], "unhealthy", "{}", health.body);
+    assert_eq!(listed[0]["ejected"], true, "{}", health.body);
+    assert_eq!(listed[1]["status"], "healthy", "{}", health.body);
     gateway_b.shutdown().await;
+    let down = frontend
+        .call(Method::GET, &format!("{front}/health"), None, None, &[])
+        .await;
+    assert_eq!(
+        down.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        down.body
+    );
+    assert!(down.headers.contains_key("retry-after"));
+    assert_eq!(down.body["instances"]["backend"][1]["status"], "unhealthy");
     frontend.stack.shutdown().await;
     etl.0.shutdown().await;
 }

@@ -107,7 +107,8 @@ pub fn router(
             breaker,
         ));
     }
-    let transport: Pool<axum::body::Body, TransportBody> = Pool::new("backend", instances)?;
+    let transport: GatewayPool = Pool::new("backend", instances)?;
+    let gateways = transport.clone();
     let config = ProxyConfig::new(urls[0].clone())
         .map_err(|_| anyhow::anyhow!("PULSE_BACKEND_URL must be http(s)://host:port"))?
         // WebSocket handshakes (with Sec-WebSocket-Protocol) go through, then the sockets are spliced.
@@ -177,7 +178,7 @@ pub fn router(
             "/favicon.svg",
             get(|| async { asset("image/svg+xml", FAVICON_SVG) }),
         )
-        .route_service("/health", proxy.clone())
+        .route("/health", get(move || health(gateways.clone())))
         .route_service("/api/{*path}", proxy.clone())
         .route_service("/ws/{*path}", proxy)
         // The proxy writes the browser's address into X-Forwarded-For from ClientAddr.
@@ -188,6 +189,91 @@ pub fn router(
         .layer(TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)))
         // The browser's edge: ids are ours; the gateway logs ours as its client_request_id.
         .layer(RequestIdLayer::edge()))
+}
+
+/// The frontend's balanced gateways.
+type GatewayPool = Pool<axum::body::Body, TransportBody>;
+
+/// How long `/health` waits for each gateway.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `GET /health`: every gateway's `/health` at once; the answer of a healthy one (else
+/// of the first that answered: its 503 and `Retry-After`), with every gateway listed
+/// under `instances.backend` (`url`, `status`, `circuit`, `ejected`). Healthy while
+/// one gateway is.
+async fn health(gateways: GatewayPool) -> Response {
+    use http_body_util::BodyExt;
+
+    let probes = (0..gateways.instances().len()).map(|index| {
+        let gateways = gateways.clone();
+        async move {
+            let mut request = axum::http::Request::new(pulse_proxy::ProxyRequestBody::empty());
+            *request.uri_mut() = axum::http::Uri::from_static("/health");
+            let answer = async {
+                let response = gateways.send_to(index, request).await.ok()?;
+                let status = response.status();
+                let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+                let body = response.into_body().collect().await.ok()?.to_bytes();
+                Some((status, retry_after, body))
+            };
+            tokio::time::timeout(HEALTH_PROBE_TIMEOUT, answer)
+                .await
+                .ok()
+                .flatten()
+        }
+    });
+    let answers = futures_util::future::join_all(probes).await;
+    let listed: Vec<serde_json::Value> = gateways
+        .instances()
+        .iter()
+        .zip(&answers)
+        .map(|(instance, answer)| {
+            let up = answer.as_ref().is_some_and(|a| a.0 == StatusCode::OK);
+            serde_json::json!({
+                "url": instance.url(),
+                "status": if up { "healthy" } else { "unhealthy" },
+                "circuit": instance.breaker().state().to_string(),
+                "ejected": instance.ejected(),
+            })
+        })
+        .collect();
+    let chosen = answers
+        .iter()
+        .flatten()
+        .find(|a| a.0 == StatusCode::OK)
+        .or_else(|| answers.iter().flatten().next());
+    let (status, retry_after, mut body) = match chosen {
+        Some((status, retry_after, bytes)) => (
+            *status,
+            retry_after.clone(),
+            serde_json::from_slice::<serde_json::Value>(bytes).unwrap_or_default(),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(HeaderValue::from_static("5")),
+            serde_json::json!({"status": "unhealthy"}),
+        ),
+    };
+    if !body.is_object() {
+        body = serde_json::json!({"status": "unhealthy"});
+    }
+    if !body["instances"].is_object() {
+        body["instances"] = serde_json::json!({});
+    }
+    body["instances"]["backend"] = serde_json::Value::from(listed);
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(value) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 /// The connection's peer (axum's `ConnectInfo`, set by the server) as the proxy's

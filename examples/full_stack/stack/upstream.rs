@@ -381,6 +381,16 @@ where
         result
     }
 
+    /// Send `request` to instance `index` alone (no retry), its outcome counted for
+    /// outlier detection like any other: the frontend's `/health` probes each gateway.
+    pub async fn send_to(
+        &self,
+        index: usize,
+        request: Request<ProxyRequestBody<B>>,
+    ) -> Result<Response<RB>, ProxyError> {
+        self.attempt(index, request).await
+    }
+
     async fn send(
         &self,
         request: Request<ProxyRequestBody<B>>,
