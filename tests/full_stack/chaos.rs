@@ -449,17 +449,24 @@ async fn ws_loop(
     }
 }
 
-/// `pulse_upstream_retries_total{upstream="etl"}` of a gateway's metrics (0 if none).
-async fn etl_retries(metrics: &str) -> u64 {
+/// A gateway's counters: `pulse_upstream_retries_total{upstream="etl"}` and
+/// `pulse_ws_resubscriptions_total` (0 when it does not answer).
+async fn gateway_counters(metrics: &str) -> (u64, u64) {
     let http = client();
     let Ok((_, body)) = send_text(&http, &format!("{metrics}/metrics")).await else {
-        return 0;
+        return (0, 0);
     };
-    body.lines()
-        .filter(|l| l.starts_with("pulse_upstream_retries_total") && l.contains("\"etl\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    let sum = |name: &str, label: &str| -> u64 {
+        body.lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    };
+    (
+        sum("pulse_upstream_retries_total", "\"etl\""),
+        sum("pulse_ws_resubscriptions_total", ""),
+    )
 }
 
 async fn send_text(
@@ -744,9 +751,11 @@ async fn chaos_kills_and_freezes_lose_nothing() {
         instance_ids[i] = etls[i].instance_id();
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let mut gateway_retries = 0;
+    let (mut gateway_retries, mut hub_moves) = (0, 0);
     for g in 0..gateways.len() {
-        gateway_retries += etl_retries(&metrics_urls[g]).await;
+        let (retries, moves) = gateway_counters(&metrics_urls[g]).await;
+        gateway_retries += retries;
+        hub_moves += moves;
         let (at, at_epoch) = (Instant::now(), now_epoch());
         gateways[g].kill();
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -933,7 +942,9 @@ async fn chaos_kills_and_freezes_lose_nothing() {
     }
     let stopped_epoch = now_epoch();
     for metrics in &metrics_urls {
-        gateway_retries += etl_retries(metrics).await;
+        let (retries, moves) = gateway_counters(metrics).await;
+        gateway_retries += retries;
+        hub_moves += moves;
     }
     let db = tokio::time::timeout(Duration::from_secs(90), async {
         loop {
@@ -1114,6 +1125,10 @@ async fn chaos_kills_and_freezes_lose_nothing() {
         }
     }
 
+    if hub_moves == 0 {
+        failures.push("no WebSocket hub moved to another ETL instance".to_owned());
+    }
+
     // 5. No request failed through a live gateway; one failed by a killed gateway only
     // until its client moved (its next request, on the other gateway, succeeded).
     let down = |r: &Record| {
@@ -1200,6 +1215,9 @@ async fn chaos_kills_and_freezes_lose_nothing() {
     ));
     table.push_str(&format!(
         "| requests sent again to another ETL instance (gateways) | {gateway_retries} |\n"
+    ));
+    table.push_str(&format!(
+        "| WebSocket hub moves to another ETL instance (gateways) | {hub_moves} |\n"
     ));
     table.push_str(&format!(
         "| schedule slots in the span / fired once / with a run | {slots_expected} / {} / {slot_runs} |\n",
