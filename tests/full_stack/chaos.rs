@@ -1293,6 +1293,13 @@ async fn chaos_kills_and_freezes_lose_nothing() {
     for mut process in etls.into_iter().chain(gateways) {
         process.kill();
     }
+    if !failures.is_empty() {
+        // The services' logs, for the post-mortem.
+        eprintln!(
+            "chaos: the services' logs are kept in {}",
+            dir.keep().display()
+        );
+    }
     assert!(
         failures.is_empty(),
         "{} property violations:\n{}",
