@@ -44,6 +44,11 @@ async fn a_subscriber_receives_state_changes_as_run_events() {
 
     let started = app.post("/api/v1/jobs/jira_sync/start", "").await;
     let run_id = started.body["run_id"].clone();
+    // First where the stream starts: after the latest stored event (none yet).
+    let events = next_events(&mut body, &mut decoder, 1).await;
+    assert_eq!(events[0].event, "position");
+    assert_eq!(events[0].id.as_deref(), Some("0"));
+    assert_eq!(events[0].data, r#"{"last_event_id":0}"#);
     let events = next_events(&mut body, &mut decoder, 1).await;
     assert_eq!(events[0].event, "run");
     assert!(events[0].id.as_deref().unwrap().parse::<i64>().is_ok());
@@ -79,6 +84,9 @@ async fn progress_and_log_lines_are_streamed() {
     let mut log = Value::Null;
     while !(kinds.iter().any(|kind| kind == "log") && kinds.iter().any(|kind| kind == "progress")) {
         for event in next_events(&mut body, &mut decoder, 1).await {
+            if event.event == "position" {
+                continue;
+            }
             let data: Value = serde_json::from_str(&event.data).unwrap();
             assert_eq!(data["run"]["id"], run_id);
             if data["kind"] == "log" {
@@ -148,9 +156,12 @@ async fn a_lagging_subscriber_skips_events_and_is_told_so() {
         }
     }
 
-    // The subscriber first learns that it skipped events, then gets the newest one.
-    let mut text = String::new();
+    // After its position, the subscriber learns that it skipped events, then gets the
+    // newest one.
     let mut decoder = SseDecoder::new();
+    let position = next_events(&mut body, &mut decoder, 1).await;
+    assert_eq!(position[0].event, "position");
+    let mut text = String::new();
     let mut events = Vec::new();
     while events.is_empty() {
         let frame = body.frame().await.expect("stream open").unwrap();
@@ -177,6 +188,9 @@ async fn an_idle_stream_sends_keep_alive_comments() {
         .unwrap();
     let response = tower::ServiceExt::oneshot(router, request).await.unwrap();
     let mut body = response.into_body();
+    let frame = body.frame().await.expect("stream open").unwrap();
+    let data = frame.into_data().unwrap();
+    assert!(data.starts_with(b"event: position"), "{data:?}");
     let frame = body.frame().await.expect("stream open").unwrap();
     let data = frame.into_data().unwrap();
     assert!(data.starts_with(b":"), "{data:?}");

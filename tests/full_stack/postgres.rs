@@ -7,13 +7,13 @@ use crate::harness::*;
 use crate::{accounts, admin, sessions};
 
 /// A fresh schema on the test server, dropped when this goes (even after a panic).
-struct Schema {
+pub(crate) struct Schema {
     url: String,
     name: String,
 }
 
 impl Schema {
-    fn new(test: &str) -> Self {
+    pub(crate) fn new(test: &str) -> Self {
         let url = std::env::var("PULSE_TEST_DATABASE_URL").expect("PULSE_TEST_DATABASE_URL");
         let mut name = format!("fs_{}_{}", std::process::id(), test);
         name.truncate(63);
@@ -33,8 +33,18 @@ impl Schema {
         }
     }
 
+    /// The schema's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The server's URL.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
     /// The flags that put a stack on this schema.
-    fn flags(&self) -> [&str; 4] {
+    pub(crate) fn flags(&self) -> [&str; 4] {
         ["--database-url", &self.url, "--database-schema", &self.name]
     }
 }

@@ -95,6 +95,15 @@ pub struct Options {
     /// The ETL service's URL as the gateway reaches it [default: from --etl-addr].
     #[arg(long, env = "PULSE_ETL_URL")]
     pub etl_url: Option<String>,
+    /// Redis for what several gateways share: login throttle counters, revocation
+    /// announcements, the response cache [default: none, all in this process].
+    #[arg(long, env = "PULSE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// How often a gateway reads the accounts database's revocation change counter,
+    /// in milliseconds (with Redis, other gateways' changes also arrive at once).
+    #[arg(long, env = "PULSE_REVOCATION_POLL_MS", default_value_t = 1000, hide = true,
+        value_parser = clap::value_parser!(u64).range(10..))]
+    pub revocation_poll_ms: u64,
     /// The job store and the gateway's accounts: `sqlite://path` or `postgres://…`
     /// [default: SQLite file in the data folder].
     #[arg(
@@ -188,6 +197,30 @@ pub struct Options {
         hide = true
     )]
     pub fixture_latency_ms: u64,
+    /// ETL: how long a run's lease lasts without a heartbeat, in milliseconds (renewed
+    /// every third of it); a dead instance's runs are taken over after it and a sweep.
+    #[arg(long, env = "PULSE_ETL_LEASE_MS", default_value_t = 30_000, hide = true,
+        value_parser = clap::value_parser!(u64).range(300..))]
+    pub etl_lease_ms: u64,
+    /// ETL: how often expired leases are swept, in milliseconds.
+    #[arg(long, env = "PULSE_ETL_SWEEP_MS", default_value_t = 15_000, hide = true,
+        value_parser = clap::value_parser!(u64).range(100..))]
+    pub etl_sweep_ms: u64,
+    /// ETL: run `github_sync` by itself every this many seconds (each slot fires once
+    /// across instances) [default: no schedule].
+    #[arg(long, env = "PULSE_GITHUB_EVERY_SECS", hide = true,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub github_every_secs: Option<u64>,
+    /// Gateway: how long the WebSocket hub waits before subscribing to another ETL
+    /// instance when its event stream broke, in milliseconds (tests: events happen
+    /// during the switch, and must be replayed).
+    #[arg(
+        long,
+        env = "PULSE_WS_RESUBSCRIBE_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub ws_resubscribe_delay_ms: u64,
     /// How long the circuit to the ETL service stays open, in milliseconds.
     #[arg(long, env = "PULSE_BREAKER_OPEN_MS", default_value_t = 5000)]
     pub breaker_open_ms: u64,

@@ -60,9 +60,16 @@ pub async fn start(
     let (seed, fixture) = seed_jobs(options).await?;
     let mut registry = JobRegistry::new();
     register_seed_jobs(&mut registry, seed).context("seed job configuration")?;
-    let engine = JobEngine::launch(store, registry, EngineConfig::default())
+    let lease = Duration::from_millis(options.etl_lease_ms);
+    let config = EngineConfig::default()
+        .with_lease(lease)
+        .with_heartbeat_interval(lease / 3)
+        .with_sweep_interval(Duration::from_millis(options.etl_sweep_ms));
+    let engine = JobEngine::launch(store, registry, config)
         .await
         .context("starting the job engine")?;
+    // The id its attempts carry in the store (`etl_attempts.instance_id`).
+    tracing::info!(instance_id = %engine.instance_id(), "job engine started");
 
     let api = EtlApi::new(engine.clone())
         .with_job_description(
@@ -175,6 +182,12 @@ async fn seed_jobs(options: &Options) -> anyhow::Result<(SeedJobsConfig, Option<
         .split_once('/')
         .context("--github-repo must be owner/repo")?;
     let mut github = GitHubConfig::new(pick(&options.github_url), owner, repo);
+    if let Some(every) = options.github_every_secs {
+        github = github.with_schedule(
+            pulse_etl::Schedule::every(Duration::from_secs(every))
+                .context("--github-every-secs")?,
+        );
+    }
     if let Some(token) = &options.github_token {
         github = github.with_token(token.clone());
     }

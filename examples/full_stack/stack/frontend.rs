@@ -11,18 +11,21 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use pulse_breaker::{Backoff, Breaker, BreakerConfig, CircuitBreakerLayer};
 use pulse_core::RequestIdLayer;
 use pulse_core::internal_auth::{InternalCredentialLayer, KeyRing};
-use pulse_proxy::transport::{HttpTransport, TransportConfig};
-use pulse_proxy::{ClientAddr, Proxy, ProxyConfig};
+use pulse_proxy::transport::{HttpTransport, TransportBody, TransportConfig};
+use pulse_proxy::{ClientAddr, Proxy, ProxyConfig, ProxyError, UpstreamClassifier};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tower::{Layer, ServiceExt};
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use super::config::{Options, Secrets};
 use super::serve::{Running, serve};
+use super::upstream::Pool;
 
 /// The Content-Security-Policy of every answer.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -54,7 +57,8 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// The frontend's router, forwarding to `backend_url` and presenting the primary key of
+/// The frontend's router, forwarding to `backend_url` (a comma-separated list of
+/// gateways, balanced) and presenting the primary key of
 /// `ring` there, so that the gateway believes the client address it forwards; pooled
 /// connections to it are dropped after `pool_idle`.
 pub fn router(
@@ -62,21 +66,50 @@ pub fn router(
     tls: rustls::ClientConfig,
     ring: KeyRing,
     pool_idle: Duration,
+    breaker_open: Duration,
 ) -> anyhow::Result<Router> {
-    // The gateway throttles logins per client address: the key proves that this hop's
-    // X-Forwarded-For (the browser's address, written by the proxy after dropping any
-    // the browser sent) can be believed.
-    let transport = InternalCredentialLayer::new().with_key(ring).layer(
-        // Refuse fast (1 s connect) when the backend is down; TLS when its URL is https;
-        // drop idle connections before the backend's keep-alive ends them.
-        HttpTransport::https(
-            TransportConfig::new()
-                .with_connect_timeout(Some(Duration::from_secs(1)))
-                .with_idle_timeout(Some(pool_idle)),
-            tls,
-        ),
-    );
-    let config = ProxyConfig::new(backend_url.parse().context("PULSE_BACKEND_URL")?)
+    let urls = super::upstream::parse_urls(backend_url, "PULSE_BACKEND_URL")?;
+    // One transport stack per gateway, balanced (p2c, a breaker and outlier ejection
+    // each); a request that failed safely goes once more to another gateway.
+    let mut instances = Vec::with_capacity(urls.len());
+    for url in &urls {
+        let breaker = Breaker::new(
+            BreakerConfig::default()
+                .with_consecutive_failures(Some(5))
+                .with_minimum_calls(10)
+                .with_backoff(Backoff::constant(breaker_open)),
+        )
+        .map_err(|e| anyhow::anyhow!("breaker configuration: {e}"))?;
+        let transport = ServiceBuilder::new()
+            .map_err(|error: tower::BoxError| ProxyError::classify(&*error))
+            .layer(
+                CircuitBreakerLayer::new(breaker.clone())
+                    .with_classifier(UpstreamClassifier::new()),
+            )
+            // The gateway throttles logins per client address: the key proves that this
+            // hop's X-Forwarded-For (the browser's address, written by the proxy after
+            // dropping any the browser sent) can be believed.
+            .layer(InternalCredentialLayer::new().with_key(ring.clone()))
+            // Refuse fast (1 s connect) when the backend is down; TLS when its URL is
+            // https; drop idle connections before the backend's keep-alive ends them.
+            .service(
+                HttpTransport::https(
+                    TransportConfig::new()
+                        .with_connect_timeout(Some(Duration::from_secs(1)))
+                        .with_idle_timeout(Some(pool_idle)),
+                    tls.clone(),
+                )
+                .with_upstream(url.clone()),
+            );
+        instances.push((
+            super::upstream::base_url(url),
+            BoxCloneSyncService::new(transport),
+            breaker,
+        ));
+    }
+    let transport: GatewayPool = Pool::new("backend", instances)?;
+    let gateways = transport.clone();
+    let config = ProxyConfig::new(urls[0].clone())
         .map_err(|_| anyhow::anyhow!("PULSE_BACKEND_URL must be http(s)://host:port"))?
         // WebSocket handshakes (with Sec-WebSocket-Protocol) go through, then the sockets are spliced.
         .with_upgrades(true)
@@ -145,7 +178,7 @@ pub fn router(
             "/favicon.svg",
             get(|| async { asset("image/svg+xml", FAVICON_SVG) }),
         )
-        .route_service("/health", proxy.clone())
+        .route("/health", get(move || health(gateways.clone())))
         .route_service("/api/{*path}", proxy.clone())
         .route_service("/ws/{*path}", proxy)
         // The proxy writes the browser's address into X-Forwarded-For from ClientAddr.
@@ -156,6 +189,91 @@ pub fn router(
         .layer(TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)))
         // The browser's edge: ids are ours; the gateway logs ours as its client_request_id.
         .layer(RequestIdLayer::edge()))
+}
+
+/// The frontend's balanced gateways.
+type GatewayPool = Pool<axum::body::Body, TransportBody>;
+
+/// How long `/health` waits for each gateway.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `GET /health`: every gateway's `/health` at once; the answer of a healthy one (else
+/// of the first that answered: its 503 and `Retry-After`), with every gateway listed
+/// under `instances.backend` (`url`, `status`, `circuit`, `ejected`). Healthy while
+/// one gateway is.
+async fn health(gateways: GatewayPool) -> Response {
+    use http_body_util::BodyExt;
+
+    let probes = (0..gateways.instances().len()).map(|index| {
+        let gateways = gateways.clone();
+        async move {
+            let mut request = axum::http::Request::new(pulse_proxy::ProxyRequestBody::empty());
+            *request.uri_mut() = axum::http::Uri::from_static("/health");
+            let answer = async {
+                let response = gateways.send_to(index, request).await.ok()?;
+                let status = response.status();
+                let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+                let body = response.into_body().collect().await.ok()?.to_bytes();
+                Some((status, retry_after, body))
+            };
+            tokio::time::timeout(HEALTH_PROBE_TIMEOUT, answer)
+                .await
+                .ok()
+                .flatten()
+        }
+    });
+    let answers = futures_util::future::join_all(probes).await;
+    let listed: Vec<serde_json::Value> = gateways
+        .instances()
+        .iter()
+        .zip(&answers)
+        .map(|(instance, answer)| {
+            let up = answer.as_ref().is_some_and(|a| a.0 == StatusCode::OK);
+            serde_json::json!({
+                "url": instance.url(),
+                "status": if up { "healthy" } else { "unhealthy" },
+                "circuit": instance.breaker().state().to_string(),
+                "ejected": instance.ejected(),
+            })
+        })
+        .collect();
+    let chosen = answers
+        .iter()
+        .flatten()
+        .find(|a| a.0 == StatusCode::OK)
+        .or_else(|| answers.iter().flatten().next());
+    let (status, retry_after, mut body) = match chosen {
+        Some((status, retry_after, bytes)) => (
+            *status,
+            retry_after.clone(),
+            serde_json::from_slice::<serde_json::Value>(bytes).unwrap_or_default(),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(HeaderValue::from_static("5")),
+            serde_json::json!({"status": "unhealthy"}),
+        ),
+    };
+    if !body.is_object() {
+        body = serde_json::json!({"status": "unhealthy"});
+    }
+    if !body["instances"].is_object() {
+        body["instances"] = serde_json::json!({});
+    }
+    body["instances"]["backend"] = serde_json::Value::from(listed);
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(value) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 /// The connection's peer (axum's `ConnectInfo`, set by the server) as the proxy's
@@ -207,6 +325,7 @@ pub fn start(
         client,
         ring,
         options.limits().pool_idle_timeout(),
+        Duration::from_millis(options.breaker_open_ms),
     )?;
     Ok(serve("frontend", listener, router, tls, options.limits())?)
 }

@@ -14,6 +14,7 @@ pub mod frontend;
 pub mod serve;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream;
 
 use anyhow::Context;
 use tokio::net::TcpListener;

@@ -95,7 +95,7 @@ mod types;
 
 pub use extract::IDEMPOTENCY_KEY;
 pub use handlers::{DEFAULT_RUNS_LIMIT, IDEMPOTENT_REPLAYED, MAX_RUNS_LIMIT};
-pub use sse::RUN_EVENT;
+pub use sse::{POSITION_EVENT, RUN_EVENT};
 pub use types::{
     CancelResponse, JobState, JobStatusView, JobView, JobsResponse, LogEntry, LogsResponse,
     RunUpdate, RunUpdateKind, RunsResponse, StartJobBody, StartNamedJobBody, StartResponse,

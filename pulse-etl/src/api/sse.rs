@@ -1,6 +1,10 @@
 //! `GET /api/v1/events`: the engine's events as server-sent events.
 //!
 //! Each store event becomes `event: run`, `id: <seq>`, `data: {"kind", "run", "log"?}`.
+//! A subscriber without `Last-Event-ID` first receives `event: position`,
+//! `id: <latest stored seq>`, `data: {"last_event_id": <seq>}`: the stream carries every
+//! event after that id, so a client whose connection breaks before any run event can
+//! still resume after it without a gap (clients that only listen to `run` ignore it).
 //! A subscriber reads from the engine's broadcast channel, so a slow one never slows
 //! the engine: when it lags it skips the events it missed (and gets a comment saying
 //! how many). A client reconnecting with `Last-Event-ID` first receives every stored
@@ -22,6 +26,8 @@ use crate::model::{LogLine, RunEvent, RunEventKind};
 
 /// The SSE event name of every run update.
 pub const RUN_EVENT: &str = "run";
+/// The SSE event name of the first event of a stream opened without `Last-Event-ID`.
+pub const POSITION_EVENT: &str = "position";
 /// How many stored events one replay read fetches.
 const MAX_REPLAY_PAGE: u32 = 500;
 
@@ -36,12 +42,26 @@ pub(crate) async fn events(
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<i64>().ok());
+    // A fresh subscriber starts after the latest stored event, and is told its id.
+    let position = match resume_after {
+        Some(_) => None,
+        None => match state.engine.latest_event_seq().await {
+            Ok(seq) => Some(seq),
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the latest event id failed");
+                None
+            }
+        },
+    };
+    // Every event after `position` commits after it was read, so after the live
+    // subscription: the live channel carries them all (older ones it repeats are skipped).
     let feed = Feed {
         engine: state.engine.clone(),
         live,
         backlog: VecDeque::new(),
         replaying: resume_after.is_some(),
-        last_seq: resume_after.unwrap_or(i64::MIN),
+        last_seq: resume_after.or(position).unwrap_or(i64::MIN),
+        position,
     };
     Sse::new(futures_util::stream::unfold(feed, Feed::next))
         .keep_alive(KeepAlive::new().interval(state.keep_alive))
@@ -55,10 +75,19 @@ struct Feed {
     /// Stored events after `last_seq` may remain to be replayed.
     replaying: bool,
     last_seq: i64,
+    /// The `position` event still to send first.
+    position: Option<i64>,
 }
 
 impl Feed {
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        if let Some(seq) = self.position.take() {
+            let event = Event::default()
+                .event(POSITION_EVENT)
+                .id(seq.to_string())
+                .data(format!("{{\"last_event_id\":{seq}}}"));
+            return Some((Ok(event), self));
+        }
         loop {
             if self.backlog.is_empty() && self.replaying {
                 self.replay_page().await;

@@ -539,6 +539,14 @@ impl JobEngine {
         self.inner.events.subscribe()
     }
 
+    /// The sequence number of the latest stored event (0 when there is none).
+    ///
+    /// # Errors
+    /// [`EngineError::Store`].
+    pub async fn latest_event_seq(&self) -> Result<i64, EngineError> {
+        Ok(self.inner.store.latest_event_seq().await?)
+    }
+
     /// Stored events after `after_seq` (for an SSE client resuming with `Last-Event-ID`).
     ///
     /// # Errors

@@ -11,8 +11,8 @@
 //! [`RevocationList::watch`]: every [`POLL_INTERVAL`] it reads the one-row change counter
 //! that every change bumps (from this gateway, another one, or the CLI in another
 //! process) and, when it moved, merges the rows in again. The gateway's own changes are
-//! also applied here at once. (With several gateways, issue 11's shared store can
-//! implement the same `TokenRevocation` over Redis.)
+//! also applied here at once, and announced: with `PULSE_REDIS_URL` the other gateways
+//! hear of it through Redis and read the rows at once (`backend::shared`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -40,9 +40,20 @@ struct Lists {
 }
 
 /// The in-memory revocation list. Cheap to clone; clones share the lists.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RevocationList {
     lists: Arc<RwLock<Lists>>,
+    /// Bumped by every change this gateway makes (announced to the others).
+    local: Arc<watch::Sender<u64>>,
+}
+
+impl Default for RevocationList {
+    fn default() -> Self {
+        Self {
+            lists: Arc::default(),
+            local: Arc::new(watch::Sender::new(0)),
+        }
+    }
 }
 
 impl TokenRevocation for RevocationList {
@@ -96,12 +107,23 @@ impl RevocationList {
         Ok(true)
     }
 
-    /// Read the database again whatever the counter says (after this gateway's changes).
+    /// Read the database again whatever the counter says (after this gateway's
+    /// changes, which are then announced to the other gateways).
     pub async fn reload(&self, store: &AccountStore) -> Result<(), AccountError> {
         let version = store.change_version().await?;
         let rows = store.load_revocations(store.now()).await?;
         self.merge(rows, version, store.now());
+        self.announce();
         Ok(())
+    }
+
+    /// Changes this gateway made (for announcing them to the others).
+    pub fn local_changes(&self) -> watch::Receiver<u64> {
+        self.local.subscribe()
+    }
+
+    fn announce(&self) {
+        self.local.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn version(&self) -> Option<i64> {
@@ -144,6 +166,8 @@ impl RevocationList {
         let mut lists = self.lists.write().unwrap_or_else(|p| p.into_inner());
         let entry = lists.tokens.entry(jti.to_owned()).or_insert(until);
         *entry = (*entry).max(until);
+        drop(lists);
+        self.announce();
     }
 
     /// Refuse every token of the session `sid` until `until` (ms), at once.
@@ -151,6 +175,8 @@ impl RevocationList {
         let mut lists = self.lists.write().unwrap_or_else(|p| p.into_inner());
         let entry = lists.sessions.entry(sid.to_owned()).or_insert(until);
         *entry = (*entry).max(until);
+        drop(lists);
+        self.announce();
     }
 
     /// How many entries the lists hold (tokens, sessions, stamps).

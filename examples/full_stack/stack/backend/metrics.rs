@@ -75,13 +75,24 @@ pub fn router(gateway: Gateway) -> Router {
 
 /// `GET /metrics`: Prometheus text.
 pub async fn render(State(gateway): State<Gateway>) -> Response {
-    let state = match gateway.breaker.state() {
+    let code = |state: BreakerState| match state {
         BreakerState::Closed => 0.0,
         BreakerState::Open => 1.0,
         BreakerState::HalfOpen => 2.0,
         _ => 3.0,
     };
-    metrics::gauge!("pulse_breaker_state", "upstream" => "etl").set(state);
+    // Per instance, and for the ETL as a whole the best of them (closed while one is).
+    let mut best = f64::MAX;
+    for instance in gateway.etl.instances() {
+        let state = code(instance.breaker().state());
+        best = best.min(state);
+        let url = instance.url().to_owned();
+        metrics::gauge!("pulse_upstream_breaker_state", "upstream" => "etl", "instance" => url.clone())
+            .set(state);
+        metrics::gauge!("pulse_upstream_ejected", "upstream" => "etl", "instance" => url)
+            .set(if instance.ejected() { 1.0 } else { 0.0 });
+    }
+    metrics::gauge!("pulse_breaker_state", "upstream" => "etl").set(best);
     let cache = gateway.cache_stats.snapshot();
     metrics::counter!("pulse_cache_hits_total").absolute(cache.hits);
     metrics::counter!("pulse_cache_misses_total").absolute(cache.misses);

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod job_audit;
 pub mod metrics;
+pub mod shared;
 pub mod ws;
 
 use std::sync::Arc;
@@ -29,13 +30,14 @@ use pulse_core::rbac::RuleTable;
 use pulse_core::request_id::RequestId;
 use pulse_core::{AuthorizeLayer, RequestIdLayer};
 use pulse_etl::client::EtlClient;
-use pulse_proxy::cache::{CacheLayer, CacheStats, MemoryStore};
-use pulse_proxy::transport::{HttpTransport, TransportConfig};
+use pulse_proxy::cache::{CacheLayer, CacheStats, MemoryStore, RedisStore};
+use pulse_proxy::transport::{HttpTransport, TransportBody, TransportConfig};
 use pulse_proxy::{Proxy, ProxyConfig, ProxyError, UpstreamClassifier};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::timeout::TimeoutLayer;
+use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -48,12 +50,16 @@ use self::auth::{Auth, AuthParts, json_error};
 use self::ws::Hub;
 use super::accounts::housekeeping::{self, Retention};
 use super::accounts::password::PasswordHashing;
-use super::accounts::revocation::{POLL_INTERVAL, RevocationList};
+use super::accounts::revocation::RevocationList;
 use super::accounts::seed::{announce_bootstrap, seed_demo};
 use super::accounts::{AccountStore, MANAGE_USERS};
 use super::config::{Options, Secrets};
 use super::etl::{INTERNAL_TOKEN_AUDIENCE, INTERNAL_TOKEN_ISSUER};
 use super::serve::{Running, serve};
+use super::upstream::{self, Pool};
+
+/// The gateway's balanced pool of ETL instances.
+pub type EtlPool = Pool<axum::body::Body, TransportBody>;
 
 /// The issuer of user tokens.
 pub const TOKEN_ISSUER: &str = "pulse-gateway";
@@ -68,8 +74,8 @@ pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// What the gateway's handlers share.
 #[derive(Clone)]
 pub struct Gateway {
-    /// The circuit breaker in front of the ETL service.
-    pub breaker: Breaker,
+    /// The balanced ETL instances, each behind its breaker.
+    pub etl: EtlPool,
     /// The status cache's counters.
     pub cache_stats: CacheStats,
     /// The WebSocket fan-out.
@@ -77,6 +83,7 @@ pub struct Gateway {
     /// Verifies user tokens (also for the WebSocket handshake).
     pub verifier: JwtVerifier,
     health: Arc<HealthAggregator>,
+    probe: EtlProbe,
 }
 
 /// The running gateway.
@@ -86,9 +93,15 @@ pub struct BackendService {
     pub server: Running,
     /// The metrics server (`GET /metrics`, Prometheus text).
     pub metrics: Running,
-    /// The circuit breaker in front of the ETL service (the tests watch its state).
+    /// The circuit breaker of the first ETL instance (the tests watch its state).
     #[allow(dead_code)]
     pub breaker: Breaker,
+    /// The balanced ETL instances (the tests read their counters).
+    #[allow(dead_code)]
+    pub etl: EtlPool,
+    /// The WebSocket fan-out (the tests watch its subscription).
+    #[allow(dead_code)]
+    pub hub: Hub,
     /// The accounts (the tests read the audit trail and revocations through it).
     #[allow(dead_code)]
     pub accounts: AccountStore,
@@ -96,6 +109,7 @@ pub struct BackendService {
     pub bootstrap_required: bool,
     stop: watch::Sender<bool>,
     revocation_watch: tokio::task::JoinHandle<()>,
+    redis_sync: Option<tokio::task::JoinHandle<()>>,
     clean_up: tokio::task::JoinHandle<()>,
 }
 
@@ -107,6 +121,9 @@ impl BackendService {
         self.metrics.stop().await;
         let _ = self.stop.send(true);
         let _ = self.revocation_watch.await;
+        if let Some(redis_sync) = self.redis_sync {
+            let _ = redis_sync.await;
+        }
         let _ = self.clean_up.await;
     }
 }
@@ -171,7 +188,26 @@ pub async fn start(
     let revocations = RevocationList::load(&store)
         .await
         .context("loading revocations")?;
-    let revocation_watch = revocations.watch(store.clone(), POLL_INTERVAL, stopped.clone());
+    let revocation_watch = revocations.watch(
+        store.clone(),
+        Duration::from_millis(options.revocation_poll_ms),
+        stopped.clone(),
+    );
+    // With Redis: the throttle counters and the response cache are shared, and
+    // revocations are announced to every gateway at once.
+    let redis = match &options.redis_url {
+        Some(url) => Some(shared::connect(url).await.context("PULSE_REDIS_URL")?),
+        None => None,
+    };
+    let redis_sync = redis.as_ref().map(|(client, conn)| {
+        shared::spawn_revocation_sync(
+            client.clone(),
+            conn.clone(),
+            revocations.clone(),
+            store.clone(),
+            stopped.clone(),
+        )
+    });
     // The audit trail's retention and expired session rows: now, then every hour.
     let clean_up = store.spawn_clean_up(
         Retention::days(options.audit_retention_days),
@@ -198,12 +234,20 @@ pub async fn start(
     let (workers, queue) = options.login_hash_pool();
     let pool = HashingPool::new(workers, queue)?;
     tracing::info!(workers, queue, "password-hashing pool");
-    let throttle = LoginThrottle::new(
-        ThrottlePolicy::default(),
-        // Keyed by the user-token secret, which every gateway of a deployment shares.
-        ThrottleKeys::new(secrets.jwt_secret.as_bytes()),
-        MemoryThrottleStore::default(),
-    );
+    // Keyed by the user-token secret, which every gateway of a deployment shares.
+    let throttle_keys = ThrottleKeys::new(secrets.jwt_secret.as_bytes());
+    let throttle = match &redis {
+        Some((_, conn)) => LoginThrottle::new(
+            ThrottlePolicy::default(),
+            throttle_keys,
+            shared::RedisThrottleStore::new(conn.clone(), "pulse:throttle:"),
+        ),
+        None => LoginThrottle::new(
+            ThrottlePolicy::default(),
+            throttle_keys,
+            MemoryThrottleStore::default(),
+        ),
+    };
     let users = Arc::new(Auth::new(AuthParts {
         store: store.clone(),
         revocations,
@@ -218,63 +262,104 @@ pub async fn start(
         demo: options.demo_enabled(),
     })?);
 
-    let breaker = Breaker::new(
-        BreakerConfig::default()
-            .with_consecutive_failures(Some(5))
-            .with_minimum_calls(10)
-            .with_backoff(Backoff::constant(Duration::from_millis(
-                options.breaker_open_ms,
-            ))),
-    )
-    .map_err(|e| anyhow::anyhow!("breaker configuration: {e}"))?;
     let minter = InternalTokenMinter::new(
         SigningKey::hmac(secrets.primary_internal_secret()?)?,
         INTERNAL_TOKEN_ISSUER,
     );
 
     let etl_timeout = Duration::from_millis(options.etl_timeout_ms);
-    // The outbound side, outermost first: Proxy → breaker → timeout → credential → pooled HTTP.
-    let transport = ServiceBuilder::new()
-        // Open circuit → BreakerOpen, which the proxy answers 503 circuit_open + Retry-After;
-        // only upstream faults count (5xx, refused, timeouts), never a client's bad body.
-        .layer(CircuitBreakerLayer::new(breaker.clone()).with_classifier(UpstreamClassifier::new()))
-        // The timeout's boxed error, classified (504) for the breaker and the proxy.
-        .map_err(|error: tower::BoxError| ProxyError::classify(&*error))
-        // Inside the breaker, so that a hung ETL counts as a failure (504 to the client).
-        .layer(TimeoutLayer::new(etl_timeout))
-        // Each request carries the ring's key and a token signed for the verified user.
-        .layer(
-            InternalCredentialLayer::new()
-                .with_key(ring.clone())
-                .with_token(minter, INTERNAL_TOKEN_AUDIENCE),
+    let etl_urls = upstream::parse_urls(&etl_url, "PULSE_ETL_URL")?;
+    for url in &etl_urls {
+        if url.scheme_str() != Some("http") {
+            anyhow::bail!("PULSE_ETL_URL must list http://host:port URLs");
+        }
+    }
+    // One transport stack per ETL instance, each with its own breaker and pool; the
+    // pool balances over them (p2c), ejects outliers and sends a request that failed
+    // safely once more to another instance.
+    let mut instances = Vec::with_capacity(etl_urls.len());
+    for url in &etl_urls {
+        let breaker = Breaker::new(
+            BreakerConfig::default()
+                .with_consecutive_failures(Some(5))
+                .with_minimum_calls(10)
+                .with_backoff(Backoff::constant(Duration::from_millis(
+                    options.breaker_open_ms,
+                ))),
         )
-        // Pooled HTTP/1 to the ETL; refuse fast (1 s connect) when it is down; drop
-        // idle connections before the ETL's keep-alive (same limits) ends them.
-        .service(HttpTransport::new(
-            TransportConfig::new()
-                .with_connect_timeout(Some(Duration::from_secs(1)))
-                .with_idle_timeout(Some(options.limits().pool_idle_timeout())),
+        .map_err(|e| anyhow::anyhow!("breaker configuration: {e}"))?;
+        // Outermost first: breaker → timeout → credential → pooled HTTP.
+        let transport = ServiceBuilder::new()
+            .map_err(|error: tower::BoxError| ProxyError::classify(&*error))
+            // Open circuit → BreakerOpen, which the proxy answers 503 circuit_open + Retry-After;
+            // only upstream faults count (5xx, refused, timeouts), never a client's bad body.
+            .layer(
+                CircuitBreakerLayer::new(breaker.clone())
+                    .with_classifier(UpstreamClassifier::new()),
+            )
+            // The timeout's boxed error, classified (504) for the breaker and the proxy.
+            .map_err(|error: tower::BoxError| ProxyError::classify(&*error))
+            // Inside the breaker, so that a hung ETL counts as a failure (504 to the client).
+            .layer(TimeoutLayer::new(etl_timeout))
+            // Each request carries the ring's key and a token signed for the verified user.
+            .layer(
+                InternalCredentialLayer::new()
+                    .with_key(ring.clone())
+                    .with_token(minter.clone(), INTERNAL_TOKEN_AUDIENCE),
+            )
+            // Pooled HTTP/1 to this instance; refuse fast (1 s connect) when it is down;
+            // drop idle connections before the ETL's keep-alive (same limits) ends them.
+            .service(
+                HttpTransport::new(
+                    TransportConfig::new()
+                        .with_connect_timeout(Some(Duration::from_secs(1)))
+                        .with_idle_timeout(Some(options.limits().pool_idle_timeout())),
+                )
+                .with_upstream(url.clone()),
+            );
+        instances.push((
+            upstream::base_url(url),
+            BoxCloneSyncService::new(transport),
+            breaker,
         ));
-    let proxy_config = ProxyConfig::new(etl_url.parse().context("PULSE_ETL_URL")?)
+    }
+    let etl_pool: EtlPool = Pool::new("etl", instances)?;
+    let proxy_config = ProxyConfig::new(etl_urls[0].clone())
         .map_err(|_| anyhow::anyhow!("PULSE_ETL_URL must be http://host:port"))?
         // The public prefix maps onto the ETL's versioned API.
         .with_prefix_rewrite("/api/etl/", "/api/v1/")
-        // A backstop only: the timeout inside the breaker answers first.
-        .with_response_timeout(etl_timeout + Duration::from_secs(1));
+        // A backstop only: the timeout inside the breaker answers first (twice when retried).
+        .with_response_timeout(etl_timeout * 2 + Duration::from_secs(1));
+    let transport = etl_pool.clone();
     let proxy = Proxy::new(transport, proxy_config);
 
     // The dashboard polls the status: one upstream call per second however many tabs.
-    let cache = CacheLayer::new(MemoryStore::new()).with_ttl(STATUS_CACHE_TTL);
+    // With Redis, one upstream call per second for all the gateways.
+    let cache = match &redis {
+        Some((_, conn)) => {
+            CacheLayer::new(RedisStore::new(conn.clone()).with_namespace("pulse:cache"))
+        }
+        None => CacheLayer::new(MemoryStore::new()),
+    }
+    .with_ttl(STATUS_CACHE_TTL);
     let cache_stats = cache.stats();
     let status = cache.layer(proxy.clone());
 
-    let hub = Hub::start(&etl_url, ring, stopped)?;
+    let probe = EtlProbe::new(&etl_pool.urls())?;
+    let hub = Hub::start(
+        etl_pool.clone(),
+        ring,
+        Duration::from_millis(options.ws_resubscribe_delay_ms),
+        stopped,
+    )?;
+    let hub_handle = hub.clone();
     let gateway = Gateway {
-        breaker: breaker.clone(),
+        etl: etl_pool.clone(),
         cache_stats,
         hub,
         verifier: verifier.clone(),
-        health: Arc::new(health_checks(&etl_url)?),
+        health: Arc::new(health_checks(&probe)),
+        probe,
     };
 
     // `/api/etl/*`. Each `.layer` wraps the ones before it, so a request meets them
@@ -349,7 +434,7 @@ pub async fn start(
         ))
         // Retry-After on every 503 without one, from the breaker, so clients back off.
         .layer(middleware::from_fn_with_state(
-            breaker.clone(),
+            etl_pool.clone(),
             retry_after_on_503,
         ))
         // One log line per request, inside the request span (request_id, user_id).
@@ -370,41 +455,80 @@ pub async fn start(
     Ok(BackendService {
         server,
         metrics,
-        breaker,
+        breaker: etl_pool.instances()[0].breaker().clone(),
+        etl: etl_pool,
+        hub: hub_handle,
         accounts: store,
         bootstrap_required,
         stop,
         revocation_watch,
+        redis_sync,
         clean_up,
     })
 }
 
-/// backend_service (this process), etl_service (`GET /health` of the ETL) and database
-/// (as the ETL reports its store).
-fn health_checks(etl_url: &str) -> anyhow::Result<HealthAggregator> {
-    let client = EtlClient::http(etl_url)?.with_timeout(Duration::from_secs(2));
-    let etl_client = client.clone();
-    Ok(HealthAggregator::new()
+/// `GET /health` of every ETL instance, at once.
+#[derive(Clone, Debug)]
+pub struct EtlProbe {
+    clients: Arc<Vec<(String, EtlClient)>>,
+}
+
+impl EtlProbe {
+    fn new(urls: &[String]) -> anyhow::Result<Self> {
+        let clients = urls
+            .iter()
+            .map(|url| {
+                Ok((
+                    url.clone(),
+                    EtlClient::http(url)?.with_timeout(Duration::from_secs(2)),
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            clients: Arc::new(clients),
+        })
+    }
+
+    /// Each instance's answer (`None`: unreachable), in order.
+    async fn probe(&self) -> Vec<Option<pulse_etl::client::EtlHealth>> {
+        futures_util::future::join_all(self.clients.iter().map(|(url, client)| async move {
+            match client.health().await {
+                Ok(health) => Some(health),
+                Err(error) => {
+                    tracing::warn!(%error, instance = %url, "ETL health check failed");
+                    None
+                }
+            }
+        }))
+        .await
+    }
+}
+
+/// An instance answered its health check: it is up (its store is the `database` check).
+fn answered(health: &pulse_etl::client::EtlHealth) -> bool {
+    health.status.is_success() || health.status == StatusCode::SERVICE_UNAVAILABLE
+}
+
+/// backend_service (this process), etl_service (`GET /health` of the ETL instances:
+/// healthy while one answers) and database (as an answering instance reports its store).
+fn health_checks(probe: &EtlProbe) -> HealthAggregator {
+    let etl_probe = probe.clone();
+    let db_probe = probe.clone();
+    HealthAggregator::new()
         .with_timeout(Duration::from_secs(3))
         .with_check("backend_service", check_fn(|| async { Health::Healthy }))
         .with_check(
             "etl_service",
             check_fn(move || {
-                let client = etl_client.clone();
+                let probe = etl_probe.clone();
                 async move {
-                    match client.health().await {
-                        Ok(health)
-                            if health.status.is_success()
-                                || health.status == StatusCode::SERVICE_UNAVAILABLE =>
-                        {
-                            // The ETL answered: it is up (its store is the `database` check).
-                            Health::Healthy
-                        }
-                        Ok(_) => Health::unhealthy("unexpected answer"),
-                        Err(error) => {
-                            tracing::warn!(%error, "ETL health check failed");
-                            Health::unhealthy("unreachable")
-                        }
+                    let answers = probe.probe().await;
+                    if answers.iter().flatten().any(answered) {
+                        Health::Healthy
+                    } else if answers.iter().any(Option::is_some) {
+                        Health::unhealthy("unexpected answer")
+                    } else {
+                        Health::unhealthy("unreachable")
                     }
                 }
             }),
@@ -412,40 +536,79 @@ fn health_checks(etl_url: &str) -> anyhow::Result<HealthAggregator> {
         .with_check(
             "database",
             check_fn(move || {
-                let client = client.clone();
+                let probe = db_probe.clone();
                 async move {
-                    match client.health().await {
-                        Ok(health) => {
-                            let status = health.report["services"]["database"]["status"].as_str();
-                            if status == Some("healthy") {
-                                Health::Healthy
-                            } else {
-                                Health::unhealthy("store unavailable")
-                            }
-                        }
-                        Err(_) => Health::unhealthy("unknown: ETL unreachable"),
+                    let answers = probe.probe().await;
+                    if answers.iter().all(Option::is_none) {
+                        return Health::unhealthy("unknown: ETL unreachable");
+                    }
+                    let healthy = answers.iter().flatten().any(|health| {
+                        health.report["services"]["database"]["status"].as_str() == Some("healthy")
+                    });
+                    if healthy {
+                        Health::Healthy
+                    } else {
+                        Health::unhealthy("store unavailable")
                     }
                 }
             }),
-        ))
+        )
 }
 
 async fn health(State(gateway): State<Gateway>) -> Response {
-    let report = gateway.health.check().await;
+    let (report, answers) = tokio::join!(gateway.health.check(), gateway.probe.probe());
     let healthy = report.is_healthy();
-    let mut response = report.into_http_response().map(Body::new);
+    let status = report.status_code();
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&report.to_json()).unwrap_or_else(|_| serde_json::json!({}));
+    // Every ETL instance: whether it answered, its circuit, whether it is ejected.
+    let instances: Vec<serde_json::Value> = gateway
+        .etl
+        .instances()
+        .iter()
+        .zip(answers)
+        .map(|(instance, answer)| {
+            let up = answer.as_ref().is_some_and(answered);
+            serde_json::json!({
+                "url": instance.url(),
+                "status": if up { "healthy" } else { "unhealthy" },
+                "circuit": instance.breaker().state().to_string(),
+                "ejected": instance.ejected(),
+            })
+        })
+        .collect();
+    body["instances"] = serde_json::json!({ "etl": instances });
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+        .into_response();
     if !healthy {
         response.headers_mut().insert(
             header::RETRY_AFTER,
-            retry_after_value(retry_after(&gateway.breaker)),
+            retry_after_value(retry_after(&gateway.etl)),
         );
     }
     response
 }
 
-/// When a client should try the ETL again: the rest of the breaker's open period
+/// When a client should try the ETL again: the soonest any instance's breaker
+/// admits calls again (see [`retry_after_of`]).
+pub fn retry_after(pool: &EtlPool) -> Duration {
+    pool.instances()
+        .iter()
+        .map(|instance| retry_after_of(instance.breaker()))
+        .min()
+        .unwrap_or(UNAVAILABLE_RETRY_AFTER)
+}
+
+/// When a client should try one instance again: the rest of its breaker's open period
 /// (or of its half-open probes) when it knows one, else [`UNAVAILABLE_RETRY_AFTER`].
-pub fn retry_after(breaker: &Breaker) -> Duration {
+pub fn retry_after_of(breaker: &Breaker) -> Duration {
     // Seam: a forced-open breaker reports no time today (`retry_after: None`); once
     // pulse-breaker gives that state a hint, it arrives here through the snapshot.
     match breaker.snapshot().retry_after {
@@ -479,19 +642,14 @@ async fn read_to_end(response: Response) -> Response {
     }
 }
 
-async fn retry_after_on_503(
-    State(breaker): State<Breaker>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn retry_after_on_503(State(pool): State<EtlPool>, request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     if response.status() == StatusCode::SERVICE_UNAVAILABLE
         && !response.headers().contains_key(header::RETRY_AFTER)
     {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            retry_after_value(retry_after(&breaker)),
-        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, retry_after_value(retry_after(&pool)));
     }
     response
 }

@@ -16,8 +16,9 @@ use pulse_etl::client::EtlClient;
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
 
-use super::Gateway;
+use super::super::upstream::Outcome;
 use super::auth::json_error;
+use super::{EtlPool, Gateway};
 
 /// The first reconnect delay; it doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -30,66 +31,182 @@ pub struct Hub {
     updates: broadcast::Sender<Arc<str>>,
     clients: Arc<AtomicUsize>,
     upstream_up: watch::Receiver<bool>,
+    resubscriptions: Arc<AtomicUsize>,
+    /// 1 + the index of the instance subscribed to, 0 while none is.
+    instance: Arc<AtomicUsize>,
+}
+
+/// What the subscription loop reports to the [`Hub`].
+struct Reports {
+    up_tx: watch::Sender<bool>,
+    resubscriptions: Arc<AtomicUsize>,
+    instance: Arc<AtomicUsize>,
+}
+
+/// The hub's subscription loop (see [`Hub::start`]).
+async fn subscribe(
+    pool: EtlPool,
+    clients: Vec<EtlClient>,
+    sender: broadcast::Sender<Arc<str>>,
+    reports: Reports,
+    resubscribe_delay: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Reports {
+        up_tx,
+        resubscriptions,
+        instance,
+    } = reports;
+    let mut backoff = MIN_BACKOFF;
+    // The id of the last event forwarded: resumed after on the next subscription.
+    let mut last: Option<i64> = None;
+    // The instance whose stream just broke: the next subscription goes elsewhere.
+    let mut avoid: Option<usize> = None;
+    let mut subscribed_before = false;
+    loop {
+        let index = pool.pick(avoid);
+        let client = &clients[index];
+        let session = async {
+            match client.events_after(last).await {
+                Ok(mut stream) => {
+                    pool.record(index, Outcome::Success);
+                    if subscribed_before {
+                        resubscriptions.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("pulse_ws_resubscriptions_total").increment(1);
+                    }
+                    subscribed_before = true;
+                    tracing::info!(instance = %client.base_url(), last_event_id = ?last,
+                        "subscribed to the ETL event stream");
+                    instance.store(index + 1, Ordering::Relaxed);
+                    let _ = up_tx.send(true);
+                    backoff = MIN_BACKOFF;
+                    while let Some(item) = stream.next().await {
+                        let id = stream.last_event_id();
+                        match item {
+                            // Never an event twice (a replay overlapping what was seen).
+                            Ok(_) if id.is_some() && last.is_some() && id <= last => {}
+                            Ok(update) => {
+                                last = id.or(last);
+                                match message(&update, id) {
+                                    Ok(text) => {
+                                        let _ = sender.send(Arc::from(text));
+                                    }
+                                    Err(error) => tracing::warn!(%error, "unencodable run update"),
+                                }
+                            }
+                            Err(error) => {
+                                tracing::debug!(%error, "ETL event stream item failed")
+                            }
+                        }
+                    }
+                    // Resume after the stream's last id even when no run event came:
+                    // the instance said where the stream started (`position`).
+                    last = last.max(stream.last_event_id());
+                    tracing::warn!(instance = %client.base_url(), last_event_id = ?last,
+                        "ETL event stream ended; subscribing to another instance");
+                    true
+                }
+                Err(error) => {
+                    pool.record(index, Outcome::Failure);
+                    tracing::debug!(%error, instance = %client.base_url(), "ETL event stream unavailable");
+                    false
+                }
+            }
+        };
+        let was_up = tokio::select! {
+            up = session => up,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        instance.store(0, Ordering::Relaxed);
+        let _ = up_tx.send(false);
+        avoid = Some(index);
+        // A stream that was up and broke: straight to another instance. A refused
+        // subscription: wait a little (doubling) before the next one.
+        if was_up && clients.len() > 1 {
+            if !resubscribe_delay.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(resubscribe_delay) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The WebSocket message of `update`: its JSON with the ETL's event id as `event_id`
+/// (clients can tell a gap or a repeat).
+fn message(update: &pulse_etl::api::RunUpdate, id: Option<i64>) -> serde_json::Result<String> {
+    let mut value = serde_json::to_value(update)?;
+    if let (Some(object), Some(id)) = (value.as_object_mut(), id) {
+        object.insert("event_id".to_owned(), serde_json::Value::from(id));
+    }
+    serde_json::to_string(&value)
 }
 
 impl Hub {
-    /// Start the shared subscription to `etl_url`'s `/api/v1/events` (stops with `stop`).
+    /// Start the shared subscription to the `/api/v1/events` of one of `pool`'s ETL
+    /// instances (stops with `stop`). When that instance's stream breaks, the hub
+    /// subscribes at once to another one (p2c, ejected ones last) with `Last-Event-ID`,
+    /// so that it replays what was missed: every event once, in order. (The ETL
+    /// instances share one PostgreSQL database, so event ids are the same everywhere.)
+    ///
+    /// `resubscribe_delay` (0 in production) holds the move to another instance back,
+    /// so that tests can make events happen during the switch.
     pub fn start(
-        etl_url: &str,
+        pool: EtlPool,
         ring: KeyRing,
-        mut stop: watch::Receiver<bool>,
+        resubscribe_delay: Duration,
+        stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
-        let client = EtlClient::http(etl_url)?
-            .with_credentials(InternalCredentialLayer::new().with_key(ring));
+        let clients = pool
+            .urls()
+            .iter()
+            .map(|url| {
+                Ok(EtlClient::http(url)?
+                    .with_credentials(InternalCredentialLayer::new().with_key(ring.clone())))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let (updates, _) = broadcast::channel(256);
         let (up_tx, upstream_up) = watch::channel(false);
-        let sender = updates.clone();
-        tokio::spawn(async move {
-            let mut backoff = MIN_BACKOFF;
-            loop {
-                let session = async {
-                    match client.events().await {
-                        Ok(mut stream) => {
-                            tracing::info!("subscribed to the ETL event stream");
-                            let _ = up_tx.send(true);
-                            backoff = MIN_BACKOFF;
-                            while let Some(item) = stream.next().await {
-                                match item {
-                                    Ok(update) => match serde_json::to_string(&update) {
-                                        Ok(text) => {
-                                            let _ = sender.send(Arc::from(text));
-                                        }
-                                        Err(error) => {
-                                            tracing::warn!(%error, "unencodable run update")
-                                        }
-                                    },
-                                    Err(error) => {
-                                        tracing::debug!(%error, "ETL event stream item failed")
-                                    }
-                                }
-                            }
-                            tracing::warn!("ETL event stream ended; reconnecting");
-                        }
-                        Err(error) => tracing::debug!(%error, "ETL event stream unavailable"),
-                    }
-                    let _ = up_tx.send(false);
-                };
-                tokio::select! {
-                    () = session => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        });
+        let resubscriptions = Arc::new(AtomicUsize::new(0));
+        let instance = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(subscribe(
+            pool,
+            clients,
+            updates.clone(),
+            Reports {
+                up_tx,
+                resubscriptions: Arc::clone(&resubscriptions),
+                instance: Arc::clone(&instance),
+            },
+            resubscribe_delay,
+            stop,
+        ));
         Ok(Self {
             updates,
             clients: Arc::default(),
             upstream_up,
+            resubscriptions,
+            instance,
         })
+    }
+
+    /// How many times the hub subscribed again after its stream broke.
+    #[allow(dead_code)] // read by the tests
+    pub fn resubscriptions(&self) -> usize {
+        self.resubscriptions.load(Ordering::Relaxed)
+    }
+
+    /// The index (in the pool) of the ETL instance whose stream the hub reads now.
+    #[allow(dead_code)] // read by the tests
+    pub fn instance(&self) -> Option<usize> {
+        self.instance.load(Ordering::Relaxed).checked_sub(1)
     }
 
     /// Connected WebSocket clients.

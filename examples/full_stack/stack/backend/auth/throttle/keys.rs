@@ -20,6 +20,19 @@ impl std::fmt::Debug for ThrottleKey {
     }
 }
 
+impl ThrottleKey {
+    /// Lower-case hex, for a shared store's key names.
+    pub fn to_hex(self) -> String {
+        use std::fmt::Write;
+        self.0
+            .iter()
+            .fold(String::with_capacity(64), |mut out, byte| {
+                let _ = write!(out, "{byte:02x}");
+                out
+            })
+    }
+}
+
 /// The three keys one login attempt is counted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttemptKeys {
