@@ -29,13 +29,16 @@ mod unix;
 #[cfg(all(feature = "unix", feature = "http", unix))]
 pub use unix::{UnixConnector, UnixTransport};
 
-/// The default most idle connections kept per upstream host.
-pub const DEFAULT_MAX_IDLE_PER_HOST: usize = 20;
+/// The default most idle connections kept per upstream host: as many as may be in
+/// flight, so a steady load reuses its connections instead of closing and reopening
+/// the ones above a smaller idle cap (a TIME-WAIT socket each).
+pub const DEFAULT_MAX_IDLE_PER_HOST: usize = DEFAULT_MAX_IN_FLIGHT;
 /// The default idle timeout: below the 60 s keep-alive most servers use, so the pool
 /// drops a connection before the upstream closes it under a request.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
-/// The default cap on requests in flight (and so on open HTTP/1 connections).
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 100;
+/// The default cap on requests in flight (and so on open HTTP/1 connections): sized
+/// for a gateway, and no more than a server's usual connection cap (512).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 /// The default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -62,8 +65,8 @@ impl Default for TransportConfig {
 }
 
 impl TransportConfig {
-    /// The defaults: connect timeout 5 s, 20 idle connections per host closed after
-    /// 50 s, at most 100 requests in flight, HTTP/1.1.
+    /// The defaults: connect timeout 5 s, at most 512 requests in flight, as many idle
+    /// connections per host kept and closed after 50 s idle, HTTP/1.1.
     pub fn new() -> Self {
         Self::default()
     }
