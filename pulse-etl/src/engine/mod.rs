@@ -608,7 +608,11 @@ impl JobEngine {
     /// How many attempts this instance is executing.
     #[must_use]
     pub fn running_here(&self) -> usize {
-        self.inner.running.lock().map(|map| map.len()).unwrap_or(0)
+        self.inner
+            .running
+            .lock()
+            .map(|map| map.values().filter(|a| a.is_executing()).count())
+            .unwrap_or(0)
     }
 
     /// Graceful shutdown: stops claiming and scheduling, lets running attempts finish

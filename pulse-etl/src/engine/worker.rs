@@ -15,10 +15,27 @@ use crate::job::{ErasedJob, JobContext, JobError, JobOutput};
 use crate::model::RunId;
 use crate::store::{AttemptFence, AttemptOutcome, Claim, LeaseStatus, NewRun, StoreError};
 
-/// An attempt executing on this instance.
+/// An attempt executing on this instance, or a cancel waiting for one.
 pub(crate) struct LocalAttempt {
     cancel_requested: Arc<Notify>,
+    /// Set while no attempt of the run has started here: the cancel of a run whose
+    /// claim committed a moment ago, before its attempt was registered (on SQLite the
+    /// cancel waits for the claim's write lock, then lands in exactly that gap). The
+    /// attempt that starts next picks it up; unclaimed ones go after
+    /// [`EARLY_CANCEL_TTL`].
+    early_since: Option<std::time::Instant>,
 }
+
+impl LocalAttempt {
+    /// Whether an attempt is executing (not only a cancel waiting for one).
+    pub(crate) const fn is_executing(&self) -> bool {
+        self.early_since.is_none()
+    }
+}
+
+/// How long a cancel waits for an attempt of its run to start on this instance (the
+/// run may be executing on another instance, which learns of it by its heartbeat).
+const EARLY_CANCEL_TTL: Duration = Duration::from_secs(60);
 
 /// Spawns the claim loop, the sweeper, the schedules and the event pump.
 pub(super) fn spawn_background(inner: &Arc<Inner>, last_seq: i64) {
@@ -45,12 +62,31 @@ pub(super) fn spawn_background(inner: &Arc<Inner>, last_seq: i64) {
     }
 }
 
-/// Tells the local attempt of `run_id`, if any, that a cancel was requested.
+/// Tells the local attempt of `run_id` that a cancel was requested; without one yet,
+/// leaves the cancel for the attempt that may be about to start.
 pub(super) fn signal_cancel(inner: &Inner, run_id: RunId) {
-    if let Ok(running) = inner.running.lock()
-        && let Some(attempt) = running.get(&run_id)
-    {
-        attempt.cancel_requested.notify_one();
+    if let Ok(mut running) = inner.running.lock() {
+        let now = std::time::Instant::now();
+        running.retain(|_, attempt| {
+            attempt
+                .early_since
+                .is_none_or(|since| now.duration_since(since) < EARLY_CANCEL_TTL)
+        });
+        match running.get(&run_id) {
+            Some(attempt) => attempt.cancel_requested.notify_one(),
+            None => {
+                // A stored permit: the attempt's first wait for a cancel ends at once.
+                let cancel_requested = Arc::new(Notify::new());
+                cancel_requested.notify_one();
+                running.insert(
+                    run_id,
+                    LocalAttempt {
+                        cancel_requested,
+                        early_since: Some(now),
+                    },
+                );
+            }
+        }
     }
 }
 
@@ -182,15 +218,18 @@ fn start_attempt(inner: &Arc<Inner>, claim: Claim, permit: OwnedSemaphorePermit)
         return;
     };
     tracing::debug!(%run_id, attempt = claim.fence.attempt, "claimed");
-    let cancel_requested = Arc::new(Notify::new());
-    if let Ok(mut running) = inner.running.lock() {
-        running.insert(
-            run_id,
-            LocalAttempt {
-                cancel_requested: Arc::clone(&cancel_requested),
-            },
-        );
-    }
+    // A cancel that arrived since the claim committed is waiting here already.
+    let cancel_requested = match inner.running.lock() {
+        Ok(mut running) => {
+            let attempt = running.entry(run_id).or_insert_with(|| LocalAttempt {
+                cancel_requested: Arc::new(Notify::new()),
+                early_since: None,
+            });
+            attempt.early_since = None;
+            Arc::clone(&attempt.cancel_requested)
+        }
+        Err(_) => Arc::new(Notify::new()),
+    };
     tokio::spawn(execute(
         Arc::clone(inner),
         job,
