@@ -25,6 +25,7 @@ mod outage;
 mod postgres;
 mod prometheus;
 mod retry_after;
+mod rotation;
 mod sessions;
 mod tls;
 mod upstream_faults;

@@ -113,6 +113,12 @@ pub struct Options {
     /// HS256 secret of user tokens, at least 32 bytes [default: generated, kept in the data folder].
     #[arg(long, env = "PULSE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// More HS256 secrets accepted for user tokens, never used to sign, comma-separated:
+    /// the previous PULSE_JWT_SECRET after a rotation, or the next one before the
+    /// gateways sign with it [default: the lines of secrets/jwt_verify_secrets in the
+    /// data folder, if that file exists].
+    #[arg(long, env = "PULSE_JWT_VERIFY_SECRETS", hide_env_values = true)]
+    pub jwt_verify_secrets: Option<String>,
     /// Internal keys `id:secret,…`: the first is sent, all are accepted [default: generated, kept in the data folder].
     #[arg(long, env = "PULSE_INTERNAL_KEYS", hide_env_values = true)]
     pub internal_keys: Option<String>,
@@ -356,6 +362,8 @@ pub fn connectable(addr: SocketAddr) -> SocketAddr {
 pub struct Secrets {
     /// HS256 secret of user tokens.
     pub jwt_secret: String,
+    /// More secrets user tokens are verified with (a rotation's previous or next).
+    pub jwt_verify_secrets: Vec<String>,
     /// `id:secret,…`.
     pub internal_keys: String,
 }
@@ -377,6 +385,19 @@ impl Secrets {
         if jwt_secret.len() < 32 {
             bail!("PULSE_JWT_SECRET must be at least 32 bytes");
         }
+        let verify = match &options.jwt_verify_secrets {
+            Some(list) => list.clone(),
+            None => fs::read_to_string(dir.join("jwt_verify_secrets")).unwrap_or_default(),
+        };
+        let jwt_verify_secrets: Vec<String> = verify
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|secret| !secret.is_empty() && !secret.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        if jwt_verify_secrets.iter().any(|secret| secret.len() < 32) {
+            bail!("every PULSE_JWT_VERIFY_SECRETS secret must be at least 32 bytes");
+        }
         let internal_keys = match &options.internal_keys {
             Some(keys) => keys.clone(),
             None => load_or_create(&dir.join("internal_keys"), || {
@@ -385,11 +406,14 @@ impl Secrets {
         };
         Ok(Self {
             jwt_secret,
+            jwt_verify_secrets,
             internal_keys,
         })
     }
 
-    /// The secret of the first (sent) internal key: also the key signing internal tokens.
+    /// The secret of the first (sent) internal key: also the key signing internal
+    /// tokens (the tests call the ETL with it).
+    #[allow(dead_code)]
     pub fn primary_internal_secret(&self) -> anyhow::Result<&str> {
         self.internal_keys
             .split(',')

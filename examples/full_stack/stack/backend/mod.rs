@@ -22,9 +22,7 @@ use axum::routing::{any, get, post};
 use pulse_breaker::{Backoff, Breaker, BreakerConfig, CircuitBreakerLayer};
 use pulse_core::health::{Health, HealthAggregator, check_fn};
 use pulse_core::internal_auth::{InternalCredentialLayer, InternalTokenMinter, KeyRing};
-use pulse_core::jwt::{
-    JwtAuthLayer, JwtVerifier, SigningKey, TokenIssuer, VerificationKey, VerifiedTokenCache,
-};
+use pulse_core::jwt::{JwtAuthLayer, JwtVerifier, TokenIssuer, VerifiedTokenCache};
 use pulse_core::rbac::RuleTable;
 use pulse_core::request_id::RequestId;
 use pulse_core::{AuthorizeLayer, RequestIdLayer};
@@ -179,14 +177,15 @@ pub async fn start(
         stopped.clone(),
     );
 
-    let issuer =
-        TokenIssuer::new(SigningKey::hmac(&secrets.jwt_secret).context("PULSE_JWT_SECRET")?)
-            .with_issuer(TOKEN_ISSUER)
-            .with_audience(TOKEN_AUDIENCE)
-            .with_lifetime(policy.access_ttl);
+    // Signed with the newest key, which the token names (`kid`); verified with it and
+    // the rotation's previous or next (PULSE_JWT_VERIFY_SECRETS).
+    let issuer = TokenIssuer::new(secrets.user_token_signing_key()?)
+        .with_issuer(TOKEN_ISSUER)
+        .with_audience(TOKEN_AUDIENCE)
+        .with_lifetime(policy.access_ttl);
     // Only this gateway's user tokens: their type (never an internal token), their
     // audience, `iat`, no longer-lived than the ones it issues, and not revoked.
-    let verifier = JwtVerifier::new(VerificationKey::hmac(&secrets.jwt_secret)?)
+    let verifier = JwtVerifier::new(secrets.user_token_keys()?)
         .with_issuer(TOKEN_ISSUER)
         .with_audience(TOKEN_AUDIENCE)
         .with_required_type(pulse_core::jwt::USER_TOKEN_TYPE)
@@ -227,10 +226,10 @@ pub async fn start(
             ))),
     )
     .map_err(|e| anyhow::anyhow!("breaker configuration: {e}"))?;
-    let minter = InternalTokenMinter::new(
-        SigningKey::hmac(secrets.primary_internal_secret()?)?,
-        INTERNAL_TOKEN_ISSUER,
-    );
+    // Signed with the first internal key, named by its id: receivers holding the
+    // whole ring accept it while the keys rotate.
+    let minter =
+        InternalTokenMinter::new(secrets.internal_token_signing_key()?, INTERNAL_TOKEN_ISSUER);
 
     let etl_timeout = Duration::from_millis(options.etl_timeout_ms);
     // The outbound side, outermost first: Proxy → breaker → timeout → credential → pooled HTTP.
