@@ -168,6 +168,17 @@ pub struct Options {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "PULSE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// PEM certificate (chain) of the ETL service's listener: it serves HTTPS, and the
+    /// gateway's default PULSE_ETL_URL is https://.
+    #[arg(long, env = "PULSE_ETL_TLS_CERT", requires = "etl_tls_key")]
+    pub etl_tls_cert: Option<PathBuf>,
+    /// PEM private key of --etl-tls-cert.
+    #[arg(long, env = "PULSE_ETL_TLS_KEY", requires = "etl_tls_cert")]
+    pub etl_tls_key: Option<PathBuf>,
+    /// PEM certificates the gateway trusts for an https:// PULSE_ETL_URL (the CA of the
+    /// ETL's certificate) [default: --etl-tls-cert, when this process has it].
+    #[arg(long, env = "PULSE_ETL_CA_FILE")]
+    pub etl_ca_file: Option<PathBuf>,
     /// Generate a self-signed certificate for localhost into the data folder and serve HTTPS.
     #[arg(long, env = "PULSE_SELF_SIGNED", conflicts_with = "tls_cert")]
     pub self_signed: bool,
@@ -335,9 +346,14 @@ impl Options {
 
     /// The ETL service's URL as the gateway reaches it.
     pub fn etl_url(&self) -> String {
-        self.etl_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", connectable(self.etl_addr)))
+        self.etl_url.clone().unwrap_or_else(|| {
+            let scheme = if self.etl_tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", connectable(self.etl_addr))
+        })
     }
 
     /// The database URL (the job store's and the gateway's accounts).

@@ -85,7 +85,9 @@ pub async fn start(
         .layer(TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)))
         // Outermost: accept the gateway's X-Request-ID, so both services log one id.
         .layer(RequestIdLayer::new());
-    let server = serve("etl", listener, router, None, options.limits())?;
+    // HTTPS when it has a certificate (PULSE_ETL_TLS_CERT / PULSE_ETL_TLS_KEY).
+    let tls = super::tls::etl_acceptor(options)?;
+    let server = serve("etl", listener, router, tls, options.limits())?;
     Ok(EtlService {
         server,
         engine,

@@ -96,3 +96,27 @@ pub fn client_config(cert: Option<&Path>) -> anyhow::Result<rustls::ClientConfig
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
+
+/// The gateway's TLS to the ETL service: trusting PULSE_ETL_CA_FILE (or the ETL's own
+/// certificate, when this process serves it). An https:// PULSE_ETL_URL without
+/// anything to trust is refused at start-up rather than failing every request.
+pub fn etl_client_config(options: &Options) -> anyhow::Result<rustls::ClientConfig> {
+    let trusted = options
+        .etl_ca_file
+        .as_deref()
+        .or(options.etl_tls_cert.as_deref());
+    if trusted.is_none() && options.etl_url().starts_with("https:") {
+        anyhow::bail!(
+            "PULSE_ETL_URL is https://: set PULSE_ETL_CA_FILE to the CA of the ETL's certificate"
+        );
+    }
+    client_config(trusted).context("PULSE_ETL_CA_FILE")
+}
+
+/// The ETL service's TLS listener, when it has a certificate (PULSE_ETL_TLS_CERT).
+pub fn etl_acceptor(options: &Options) -> anyhow::Result<Option<TlsAcceptor>> {
+    match (&options.etl_tls_cert, &options.etl_tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(acceptor(cert, key)?)),
+        _ => Ok(None),
+    }
+}

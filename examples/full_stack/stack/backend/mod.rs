@@ -28,7 +28,7 @@ use pulse_core::request_id::RequestId;
 use pulse_core::{AuthorizeLayer, RequestIdLayer};
 use pulse_etl::client::EtlClient;
 use pulse_proxy::cache::{CacheLayer, CacheStats, MemoryStore};
-use pulse_proxy::transport::{HttpTransport, TransportConfig};
+use pulse_proxy::transport::{HttpTransport, HttpsTransport, TransportConfig};
 use pulse_proxy::{Proxy, ProxyConfig, ProxyError, UpstreamClassifier};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -145,6 +145,8 @@ pub async fn start(
     // The Prometheus recorder, installed once per process.
     let _ = super::telemetry::prometheus();
     let etl_url = options.etl_url();
+    // TLS to the ETL when its URL is https:// (trusting PULSE_ETL_CA_FILE).
+    let etl_tls = super::tls::etl_client_config(options)?;
     let ring = KeyRing::parse(&secrets.internal_keys).context("PULSE_INTERNAL_KEYS")?;
     let (stop, stopped) = watch::channel(false);
 
@@ -249,10 +251,11 @@ pub async fn start(
         )
         // Pooled HTTP/1 to the ETL; refuse fast (1 s connect) when it is down; drop
         // idle connections before the ETL's keep-alive (same limits) ends them.
-        .service(HttpTransport::new(
+        .service(HttpTransport::https(
             TransportConfig::new()
                 .with_connect_timeout(Some(Duration::from_secs(1)))
                 .with_idle_timeout(Some(options.limits().pool_idle_timeout())),
+            etl_tls.clone(),
         ));
     let proxy_config = ProxyConfig::new(etl_url.parse().context("PULSE_ETL_URL")?)
         .map_err(|_| anyhow::anyhow!("PULSE_ETL_URL must be http://host:port"))?
@@ -267,13 +270,20 @@ pub async fn start(
     let cache_stats = cache.stats();
     let status = cache.layer(proxy.clone());
 
-    let hub = Hub::start(&etl_url, ring, stopped)?;
+    let hub = Hub::start(
+        EtlClient::new(&etl_url, etl_transport(&etl_tls))?,
+        ring,
+        stopped,
+    )?;
     let gateway = Gateway {
         breaker: breaker.clone(),
         cache_stats,
         hub,
         verifier: verifier.clone(),
-        health: Arc::new(health_checks(&etl_url)?),
+        health: Arc::new(health_checks(EtlClient::new(
+            &etl_url,
+            etl_transport(&etl_tls),
+        )?)),
     };
 
     // `/api/etl/*`. Each `.layer` wraps the ones before it, so a request meets them
@@ -380,10 +390,10 @@ pub async fn start(
 
 /// backend_service (this process), etl_service (`GET /health` of the ETL) and database
 /// (as the ETL reports its store).
-fn health_checks(etl_url: &str) -> anyhow::Result<HealthAggregator> {
-    let client = EtlClient::http(etl_url)?.with_timeout(Duration::from_secs(2));
+fn health_checks(client: EtlClient<EtlTransport>) -> HealthAggregator {
+    let client = client.with_timeout(Duration::from_secs(2));
     let etl_client = client.clone();
-    Ok(HealthAggregator::new()
+    HealthAggregator::new()
         .with_timeout(Duration::from_secs(3))
         .with_check("backend_service", check_fn(|| async { Health::Healthy }))
         .with_check(
@@ -426,7 +436,15 @@ fn health_checks(etl_url: &str) -> anyhow::Result<HealthAggregator> {
                     }
                 }
             }),
-        ))
+        )
+}
+
+/// The transport of the gateway's own ETL calls (health, the event subscription):
+/// pooled, TLS when the URL is https://.
+pub type EtlTransport = HttpsTransport<http_body_util::Full<bytes::Bytes>>;
+
+fn etl_transport(tls: &rustls::ClientConfig) -> EtlTransport {
+    HttpTransport::https(TransportConfig::new(), tls.clone())
 }
 
 async fn health(State(gateway): State<Gateway>) -> Response {

@@ -33,14 +33,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Start the shared subscription to `etl_url`'s `/api/v1/events` (stops with `stop`).
+    /// Start the shared subscription to the ETL's `/api/v1/events` (stops with `stop`).
     pub fn start(
-        etl_url: &str,
+        client: EtlClient<super::EtlTransport>,
         ring: KeyRing,
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
-        let client = EtlClient::http(etl_url)?
-            .with_credentials(InternalCredentialLayer::new().with_key(ring));
+        let client = client.with_credentials(InternalCredentialLayer::new().with_key(ring));
         let (updates, _) = broadcast::channel(256);
         let (up_tx, upstream_up) = watch::channel(false);
         let sender = updates.clone();
