@@ -175,6 +175,16 @@ pub struct Options {
     /// PEM private key of --etl-tls-cert.
     #[arg(long, env = "PULSE_ETL_TLS_KEY", requires = "etl_tls_cert")]
     pub etl_tls_key: Option<PathBuf>,
+    /// Mutual TLS: the ETL service accepts only clients with a certificate signed by
+    /// these PEM CA certificates (needs --etl-tls-cert).
+    #[arg(long, env = "PULSE_ETL_CLIENT_CA_FILE", requires = "etl_tls_cert")]
+    pub etl_client_ca_file: Option<PathBuf>,
+    /// Mutual TLS: the gateway's PEM client certificate (chain) for the ETL hop.
+    #[arg(long, env = "PULSE_ETL_CLIENT_CERT", requires = "etl_client_key")]
+    pub etl_client_cert: Option<PathBuf>,
+    /// PEM private key of --etl-client-cert.
+    #[arg(long, env = "PULSE_ETL_CLIENT_KEY", requires = "etl_client_cert")]
+    pub etl_client_key: Option<PathBuf>,
     /// PEM certificates the gateway trusts for an https:// PULSE_ETL_URL (the CA of the
     /// ETL's certificate) [default: --etl-tls-cert, when this process has it].
     #[arg(long, env = "PULSE_ETL_CA_FILE")]
