@@ -261,8 +261,10 @@ impl Inner {
     /// Join the refetch under way, or start one unless the cool-down forbids it.
     fn refetch_for_unknown_kid(self: &Arc<Self>) -> Option<KeyRefresh> {
         let mut state = self.refetch.lock().unwrap_or_else(PoisonError::into_inner);
+        // (A fetch whose task is gone, with its runtime, without ending is not joined.)
         if let Some(done) = &state.in_flight
             && !*done.borrow()
+            && done.has_changed().is_ok()
         {
             return Some(self.wait_for(done.clone()));
         }
@@ -402,5 +404,19 @@ mod tests {
         tokio::time::advance(Duration::from_secs(21)).await;
         assert!(source.refresh_unknown_kid("c").is_some());
         assert_ne!(started(), first);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_whose_task_is_gone_is_not_joined() {
+        let source = JwksSource::new("http://127.0.0.1:9/jwks".parse().unwrap())
+            .with_min_refetch_interval(Duration::ZERO);
+        // A fetch under way whose task died (its runtime shut down) without ending.
+        let (ended, done) = watch::channel(false);
+        drop(ended);
+        source.inner.refetch.lock().unwrap().in_flight = Some(done);
+        assert!(source.refresh_unknown_kid("a").is_some());
+        let state = source.inner.refetch.lock().unwrap();
+        assert!(state.last_started.is_some(), "a new fetch was started");
+        assert!(state.in_flight.as_ref().unwrap().has_changed().is_ok());
     }
 }
