@@ -302,3 +302,37 @@ async fn secrets_rotate_while_requests_flow_without_401s_or_403s() {
     g4.shutdown().await;
     etl_stack.shutdown().await;
 }
+
+/// With generated secrets, the rotation edits the files in `<data>/secrets/`:
+/// `jwt_verify_secrets` (one secret per line, `#` comments) is read beside `jwt_secret`,
+/// and a short secret there is refused at start-up.
+#[test]
+fn the_verify_secrets_file_in_the_data_folder_is_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir_all(&secrets).expect("secrets folder");
+    std::fs::write(secrets.join("jwt_secret"), S2).expect("write");
+    std::fs::write(
+        secrets.join("jwt_verify_secrets"),
+        format!("# the previous secret, until its tokens have expired\n{S1}\n"),
+    )
+    .expect("write");
+    let options = |dir: &std::path::Path| {
+        <Cli as clap::Parser>::try_parse_from(args(dir))
+            .expect("valid arguments")
+            .options
+    };
+    let resolved = stack::config::Secrets::resolve(&options(dir.path())).expect("secrets");
+    assert_eq!(resolved.jwt_secret, S2);
+    assert_eq!(resolved.jwt_verify_secrets, [S1]);
+    let mut kids = resolved.user_token_keys().expect("keys").kids();
+    kids.sort();
+    let mut expected = vec![stack::keys::user_key_id(S1), stack::keys::user_key_id(S2)];
+    expected.sort();
+    assert_eq!(kids, expected);
+
+    std::fs::write(secrets.join("jwt_verify_secrets"), "too-short\n").expect("write");
+    let refused = stack::config::Secrets::resolve(&options(dir.path()));
+    let message = format!("{:#}", refused.expect_err("a short secret is refused"));
+    assert!(message.contains("PULSE_JWT_VERIFY_SECRETS"), "{message}");
+}

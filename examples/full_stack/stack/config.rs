@@ -415,10 +415,13 @@ impl Secrets {
             Some(list) => list.clone(),
             None => fs::read_to_string(dir.join("jwt_verify_secrets")).unwrap_or_default(),
         };
+        // Comma-separated, or one per line; a line starting with `#` is a comment.
         let jwt_verify_secrets: Vec<String> = verify
-            .split([',', '\n'])
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .flat_map(|line| line.split(','))
             .map(str::trim)
-            .filter(|secret| !secret.is_empty() && !secret.starts_with('#'))
+            .filter(|secret| !secret.is_empty())
             .map(str::to_owned)
             .collect();
         if jwt_verify_secrets.iter().any(|secret| secret.len() < 32) {

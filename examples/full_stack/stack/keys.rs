@@ -52,7 +52,9 @@ impl Secrets {
     /// format `KeyRing::parse` reads).
     fn internal_entries(&self) -> anyhow::Result<Vec<(&str, &str)>> {
         self.internal_keys
-            .split([',', '\n'])
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .flat_map(|line| line.split(','))
             .map(str::trim)
             .filter(|entry| !entry.is_empty() && !entry.starts_with('#'))
             .map(|entry| {
