@@ -434,3 +434,26 @@ async fn verify_async_waits_where_verify_answers_at_once() {
     assert_eq!(verifier.verify_async(&new).await.unwrap().subject, "user-1");
     assert_eq!(server.fetches(), 2);
 }
+
+#[tokio::test]
+async fn a_waiting_request_keeps_the_readiness_it_was_given() {
+    // Under a concurrency limit of one, the inner service's permit is taken by
+    // `poll_ready`: the request that waits for the refetch must be sent with that very
+    // service (a fresh clone has no permit, and tower's limit panics when called
+    // unready), and the next request still gets through.
+    let server = LocalJwks::start(json!([jwk(RSA_PRIVATE, Algorithm::RS256, "old")])).await;
+    let jwks = server.source();
+    jwks.refresh().await.unwrap();
+    let verifier = JwtVerifier::new(jwks).with_issuer("https://idp.test");
+    let service = ServiceBuilder::new()
+        .layer(JwtAuthLayer::new(verifier))
+        .concurrency_limit(1)
+        .service(service_fn(|_req: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    server.rotate(json!([jwk(ED_PRIVATE, Algorithm::EdDSA, "new")]));
+    let new = token(ED_PRIVATE, Algorithm::EdDSA, "new");
+    assert_eq!(call(&service, &new).await, StatusCode::OK);
+    assert_eq!(call(&service, &new).await, StatusCode::OK);
+    assert_eq!(server.fetches(), 2);
+}
