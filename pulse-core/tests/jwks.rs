@@ -1,15 +1,28 @@
 //! `JwksSource` against a wiremock JWKS endpoint on loopback: initial fetch, refetch
-//! on an unknown `kid`, background refresh, and failures that keep the keys held.
+//! on an unknown `kid`, background refresh, and failures that keep the keys held; and
+//! against a JWKS server in the test's own runtime that counts its fetches: a key
+//! rotated mid-stream, concurrent unknown `kid`s sharing one fetch, a flood of made-up
+//! `kid`s held to one fetch per cool-down, and a hung endpoint bounding the wait.
 #![cfg(feature = "jwks")]
 
-use std::time::Duration;
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
+use futures_util::future::join_all;
+use http::{Request, Response, StatusCode, header::AUTHORIZATION};
 use jsonwebtoken::{Algorithm, EncodingKey, jwk::Jwk};
 use pulse_core::{
     Identity,
-    jwt::{JwksError, JwksSource, JwtVerifier, SigningKey, TokenError, TokenIssuer},
+    jwt::{JwksError, JwksSource, JwtAuthLayer, JwtVerifier, SigningKey, TokenError, TokenIssuer},
 };
 use serde_json::{Value, json};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use wiremock::{
     Mock, MockServer, ResponseTemplate,
     matchers::{method, path},
@@ -221,4 +234,226 @@ async fn oversized_document_is_refused() {
         source(&server).refresh().await,
         Err(JwksError::Request(_))
     ));
+}
+
+/// A JWKS endpoint in the test's runtime that counts the fetches it answers and can
+/// change its key set, or hang, at any moment.
+#[derive(Clone)]
+struct LocalJwks {
+    keys: Arc<Mutex<Value>>,
+    fetches: Arc<AtomicUsize>,
+    hang: Arc<AtomicBool>,
+    url: String,
+}
+
+impl LocalJwks {
+    async fn start(keys: Value) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let jwks = Self {
+            keys: Arc::new(Mutex::new(json!({ "keys": keys }))),
+            fetches: Arc::new(AtomicUsize::new(0)),
+            hang: Arc::new(AtomicBool::new(false)),
+            url,
+        };
+        let state = jwks.clone();
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let state = state.clone();
+                async move {
+                    state.fetches.fetch_add(1, Ordering::SeqCst);
+                    if state.hang.load(Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                    let body = state.keys.lock().unwrap().to_string();
+                    ([("content-type", "application/json")], body)
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        jwks
+    }
+
+    fn rotate(&self, keys: Value) {
+        *self.keys.lock().unwrap() = json!({ "keys": keys });
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+
+    fn source(&self) -> JwksSource {
+        JwksSource::new(self.url.parse().unwrap())
+    }
+}
+
+/// The gateway's shape: `JwtAuthLayer` in front of a service that answers 200.
+fn protected(
+    jwks: JwksSource,
+) -> impl Service<
+    Request<String>,
+    Response = Response<pulse_core::body::ResponseBody<String>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    let verifier = JwtVerifier::new(jwks).with_issuer("https://idp.test");
+    ServiceBuilder::new()
+        .layer(JwtAuthLayer::new(verifier))
+        .service(service_fn(|_req: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }))
+}
+
+async fn call(
+    service: &(
+         impl Service<
+        Request<String>,
+        Response = Response<pulse_core::body::ResponseBody<String>>,
+        Error = Infallible,
+    > + Clone
+     ),
+    token: &str,
+) -> StatusCode {
+    let req = Request::get("/")
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .body(String::new())
+        .unwrap();
+    service.clone().oneshot(req).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn key_rotated_mid_stream_costs_no_request_a_401() {
+    let server = LocalJwks::start(json!([jwk(RSA_PRIVATE, Algorithm::RS256, "2026-01")])).await;
+    let jwks = server
+        .source()
+        .with_min_refetch_interval(Duration::from_secs(30));
+    jwks.refresh().await.unwrap();
+    let service = protected(jwks);
+    let old = token(RSA_PRIVATE, Algorithm::RS256, "2026-01");
+    let new = token(ED_PRIVATE, Algorithm::EdDSA, "2026-02");
+
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(call(&service, &old).await);
+    }
+    // The identity provider publishes the new key and signs with it from now on;
+    // tokens of the old key are still in circulation.
+    server.rotate(json!([
+        jwk(RSA_PRIVATE, Algorithm::RS256, "2026-01"),
+        jwk(ED_PRIVATE, Algorithm::EdDSA, "2026-02"),
+    ]));
+    for i in 0..20 {
+        statuses.push(call(&service, if i % 2 == 0 { &new } else { &old }).await);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    // The first fetch at start, one for the new kid.
+    assert_eq!(server.fetches(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_a_new_kid_share_one_fetch() {
+    let server = LocalJwks::start(json!([jwk(RSA_PRIVATE, Algorithm::RS256, "old")])).await;
+    let jwks = server.source();
+    jwks.refresh().await.unwrap();
+    let service = protected(jwks);
+    server.rotate(json!([
+        jwk(RSA_PRIVATE, Algorithm::RS256, "old"),
+        jwk(ED_PRIVATE, Algorithm::EdDSA, "new"),
+    ]));
+    let new = token(ED_PRIVATE, Algorithm::EdDSA, "new");
+    // All of them meet the unknown kid before the fetch can answer (the first poll of
+    // `join_all` polls each one, on this single-threaded runtime).
+    let statuses = join_all((0..100).map(|_| call(&service, &new))).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(server.fetches(), 2);
+}
+
+#[tokio::test]
+async fn a_flood_of_made_up_kids_fetches_at_most_once_per_cool_down() {
+    let server = LocalJwks::start(json!([jwk(RSA_PRIVATE, Algorithm::RS256, "real")])).await;
+    let cool_down = Duration::from_secs(30);
+    let jwks = server.source().with_min_refetch_interval(cool_down);
+    jwks.refresh().await.unwrap();
+    let service = protected(jwks);
+    let real = token(RSA_PRIVATE, Algorithm::RS256, "real");
+    let made_up: Vec<String> = (0..200)
+        .map(|i| token(ED_PRIVATE, Algorithm::EdDSA, &format!("made-up-{i}")))
+        .collect();
+
+    // A concurrent wave, then a sequential one: every made-up kid is refused, and
+    // only the first of them caused a fetch.
+    let wave = join_all(made_up[..100].iter().map(|t| call(&service, t))).await;
+    assert!(wave.iter().all(|s| *s == StatusCode::UNAUTHORIZED));
+    for t in &made_up[100..] {
+        assert_eq!(call(&service, t).await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(server.fetches(), 2);
+    // Real users are not held up by the flood.
+    assert_eq!(call(&service, &real).await, StatusCode::OK);
+
+    // Once the cool-down has passed, the next flood buys one more fetch, no more.
+    tokio::time::pause();
+    tokio::time::advance(cool_down).await;
+    tokio::time::resume();
+    let wave = join_all(made_up.iter().map(|t| call(&service, t))).await;
+    assert!(wave.iter().all(|s| *s == StatusCode::UNAUTHORIZED));
+    assert_eq!(server.fetches(), 3);
+    assert_eq!(call(&service, &real).await, StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_endpoint_bounds_the_wait() {
+    let server = LocalJwks::start(json!([])).await;
+    server.hang.store(true, Ordering::SeqCst);
+    let timeout = Duration::from_secs(2);
+    let service = protected(server.source().with_timeout(timeout));
+    let new = token(ED_PRIVATE, Algorithm::EdDSA, "new");
+    let started = tokio::time::Instant::now();
+    let statuses = join_all((0..10).map(|_| call(&service, &new))).await;
+    // Refused once the fetch timed out, not hung; ten waiters, one fetch.
+    assert!(statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED));
+    assert!(started.elapsed() <= timeout, "{:?}", started.elapsed());
+    assert!(server.fetches() <= 1);
+}
+
+#[tokio::test]
+async fn verify_async_waits_where_verify_answers_at_once() {
+    let server = LocalJwks::start(json!([jwk(RSA_PRIVATE, Algorithm::RS256, "old")])).await;
+    let jwks = server.source();
+    jwks.refresh().await.unwrap();
+    let verifier = JwtVerifier::new(jwks).with_issuer("https://idp.test");
+    server.rotate(json!([jwk(ED_PRIVATE, Algorithm::EdDSA, "new")]));
+    let new = token(ED_PRIVATE, Algorithm::EdDSA, "new");
+    assert_eq!(verifier.verify_async(&new).await.unwrap().subject, "user-1");
+    assert_eq!(server.fetches(), 2);
+}
+
+#[tokio::test]
+async fn a_waiting_request_keeps_the_readiness_it_was_given() {
+    // Under a concurrency limit of one, the inner service's permit is taken by
+    // `poll_ready`: the request that waits for the refetch must be sent with that very
+    // service (a fresh clone has no permit, and tower's limit panics when called
+    // unready), and the next request still gets through.
+    let server = LocalJwks::start(json!([jwk(RSA_PRIVATE, Algorithm::RS256, "old")])).await;
+    let jwks = server.source();
+    jwks.refresh().await.unwrap();
+    let verifier = JwtVerifier::new(jwks).with_issuer("https://idp.test");
+    let service = ServiceBuilder::new()
+        .layer(JwtAuthLayer::new(verifier))
+        .concurrency_limit(1)
+        .service(service_fn(|_req: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    server.rotate(json!([jwk(ED_PRIVATE, Algorithm::EdDSA, "new")]));
+    let new = token(ED_PRIVATE, Algorithm::EdDSA, "new");
+    assert_eq!(call(&service, &new).await, StatusCode::OK);
+    assert_eq!(call(&service, &new).await, StatusCode::OK);
+    assert_eq!(server.fetches(), 2);
 }

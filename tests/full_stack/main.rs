@@ -26,6 +26,7 @@ mod outage;
 mod postgres;
 mod prometheus;
 mod retry_after;
+mod rotation;
 mod scale_out;
 mod sessions;
 mod tls;

@@ -122,6 +122,12 @@ pub struct Options {
     /// HS256 secret of user tokens, at least 32 bytes [default: generated, kept in the data folder].
     #[arg(long, env = "PULSE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// More HS256 secrets accepted for user tokens, never used to sign, comma-separated:
+    /// the previous PULSE_JWT_SECRET after a rotation, or the next one before the
+    /// gateways sign with it [default: the lines of secrets/jwt_verify_secrets in the
+    /// data folder, if that file exists].
+    #[arg(long, env = "PULSE_JWT_VERIFY_SECRETS", hide_env_values = true)]
+    pub jwt_verify_secrets: Option<String>,
     /// Internal keys `id:secret,…`: the first is sent, all are accepted [default: generated, kept in the data folder].
     #[arg(long, env = "PULSE_INTERNAL_KEYS", hide_env_values = true)]
     pub internal_keys: Option<String>,
@@ -171,6 +177,27 @@ pub struct Options {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "PULSE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// PEM certificate (chain) of the ETL service's listener: it serves HTTPS, and the
+    /// gateway's default PULSE_ETL_URL is https://.
+    #[arg(long, env = "PULSE_ETL_TLS_CERT", requires = "etl_tls_key")]
+    pub etl_tls_cert: Option<PathBuf>,
+    /// PEM private key of --etl-tls-cert.
+    #[arg(long, env = "PULSE_ETL_TLS_KEY", requires = "etl_tls_cert")]
+    pub etl_tls_key: Option<PathBuf>,
+    /// Mutual TLS: the ETL service accepts only clients with a certificate signed by
+    /// these PEM CA certificates (needs --etl-tls-cert).
+    #[arg(long, env = "PULSE_ETL_CLIENT_CA_FILE", requires = "etl_tls_cert")]
+    pub etl_client_ca_file: Option<PathBuf>,
+    /// Mutual TLS: the gateway's PEM client certificate (chain) for the ETL hop.
+    #[arg(long, env = "PULSE_ETL_CLIENT_CERT", requires = "etl_client_key")]
+    pub etl_client_cert: Option<PathBuf>,
+    /// PEM private key of --etl-client-cert.
+    #[arg(long, env = "PULSE_ETL_CLIENT_KEY", requires = "etl_client_cert")]
+    pub etl_client_key: Option<PathBuf>,
+    /// PEM certificates the gateway trusts for an https:// PULSE_ETL_URL (the CA of the
+    /// ETL's certificate) [default: --etl-tls-cert, when this process has it].
+    #[arg(long, env = "PULSE_ETL_CA_FILE")]
+    pub etl_ca_file: Option<PathBuf>,
     /// Generate a self-signed certificate for localhost into the data folder and serve HTTPS.
     #[arg(long, env = "PULSE_SELF_SIGNED", conflicts_with = "tls_cert")]
     pub self_signed: bool,
@@ -362,9 +389,14 @@ impl Options {
 
     /// The ETL service's URL as the gateway reaches it.
     pub fn etl_url(&self) -> String {
-        self.etl_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", connectable(self.etl_addr)))
+        self.etl_url.clone().unwrap_or_else(|| {
+            let scheme = if self.etl_tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", connectable(self.etl_addr))
+        })
     }
 
     /// The database URL (the job store's and the gateway's accounts).
@@ -389,6 +421,8 @@ pub fn connectable(addr: SocketAddr) -> SocketAddr {
 pub struct Secrets {
     /// HS256 secret of user tokens.
     pub jwt_secret: String,
+    /// More secrets user tokens are verified with (a rotation's previous or next).
+    pub jwt_verify_secrets: Vec<String>,
     /// `id:secret,…`.
     pub internal_keys: String,
 }
@@ -410,6 +444,22 @@ impl Secrets {
         if jwt_secret.len() < 32 {
             bail!("PULSE_JWT_SECRET must be at least 32 bytes");
         }
+        let verify = match &options.jwt_verify_secrets {
+            Some(list) => list.clone(),
+            None => fs::read_to_string(dir.join("jwt_verify_secrets")).unwrap_or_default(),
+        };
+        // Comma-separated, or one per line; a line starting with `#` is a comment.
+        let jwt_verify_secrets: Vec<String> = verify
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .flat_map(|line| line.split(','))
+            .map(str::trim)
+            .filter(|secret| !secret.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if jwt_verify_secrets.iter().any(|secret| secret.len() < 32) {
+            bail!("every PULSE_JWT_VERIFY_SECRETS secret must be at least 32 bytes");
+        }
         let internal_keys = match &options.internal_keys {
             Some(keys) => keys.clone(),
             None => load_or_create(&dir.join("internal_keys"), || {
@@ -418,11 +468,14 @@ impl Secrets {
         };
         Ok(Self {
             jwt_secret,
+            jwt_verify_secrets,
             internal_keys,
         })
     }
 
-    /// The secret of the first (sent) internal key: also the key signing internal tokens.
+    /// The secret of the first (sent) internal key: also the key signing internal
+    /// tokens (the tests call the ETL with it).
+    #[allow(dead_code)]
     pub fn primary_internal_secret(&self) -> anyhow::Result<&str> {
         self.internal_keys
             .split(',')

@@ -7,7 +7,6 @@ use anyhow::Context;
 use axum::Router;
 use axum::http::{HeaderValue, header};
 use pulse_core::internal_auth::{InternalAuthLayer, InternalTokenVerifier, KeyRing};
-use pulse_core::jwt::VerificationKey;
 use pulse_core::request_id::RequestIdLayer;
 use pulse_etl::api::EtlApi;
 use pulse_etl::jobs::{GitHubConfig, JiraConfig, SeedJobsConfig, register_seed_jobs};
@@ -93,7 +92,9 @@ pub async fn start(
         .layer(TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)))
         // Outermost: accept the gateway's X-Request-ID, so both services log one id.
         .layer(RequestIdLayer::new());
-    let server = serve("etl", listener, router, None, options.limits())?;
+    // HTTPS when it has a certificate (PULSE_ETL_TLS_CERT / PULSE_ETL_TLS_KEY).
+    let tls = super::tls::etl_acceptor(options)?;
+    let server = serve("etl", listener, router, tls, options.limits())?;
     Ok(EtlService {
         server,
         engine,
@@ -105,13 +106,14 @@ pub async fn start(
 /// user) and the static key ring (tools: `X-Internal-Auth: <secret>`).
 pub fn internal_auth(secrets: &Secrets) -> anyhow::Result<InternalAuthLayer> {
     let ring = KeyRing::parse(&secrets.internal_keys).context("PULSE_INTERNAL_KEYS")?;
-    let token_key =
-        VerificationKey::hmac(secrets.primary_internal_secret()?).context("internal token key")?;
+    // Every key of the ring, by id: a gateway still signing with the previous key
+    // (or already with the next) is accepted while the keys rotate.
+    let token_keys = secrets.internal_token_keys()?;
     // Requires the internal token type (a user token is refused even if signed with
     // this key), this service as audience, `iat`, and at most the minted lifetime.
     Ok(
         InternalAuthLayer::new(ring).with_verifier(InternalTokenVerifier::new(
-            token_key,
+            token_keys,
             INTERNAL_TOKEN_ISSUER,
             INTERNAL_TOKEN_AUDIENCE,
         )),

@@ -11,6 +11,7 @@ pub mod etl;
 #[path = "../fixture_source.rs"]
 pub mod fixture_source;
 pub mod frontend;
+pub mod keys;
 pub mod serve;
 pub mod telemetry;
 pub mod tls;

@@ -116,8 +116,11 @@ impl KeyRing {
     /// are skipped. The first entry is the primary key.
     pub fn parse(spec: &str) -> Result<Self, KeyRingError> {
         let ring = Self::new();
+        // A comment is a whole line: its text may hold commas.
         let entries = spec
-            .split([',', '\n'])
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .flat_map(|line| line.split(','))
             .map(str::trim)
             .filter(|e| !e.is_empty() && !e.starts_with('#'));
         for (i, entry) in entries.enumerate() {
@@ -326,6 +329,12 @@ mod tests {
     #[test]
     fn file_format_allows_lines_and_comments() {
         let ring = KeyRing::parse(&format!("# rotation 2026\nk2:{B}\n\nk1:{A}\n")).unwrap();
+        assert_eq!(ring.ids(), vec![Arc::from("k2"), Arc::from("k1")]);
+        // A comment may hold commas (it used to be split into bogus entries).
+        let ring = KeyRing::parse(&format!(
+            "# rotation: k2 sends, k1 still accepted, until 2026-12-06\nk2:{B}\nk1:{A}\n"
+        ))
+        .unwrap();
         assert_eq!(ring.ids(), vec![Arc::from("k2"), Arc::from("k1")]);
     }
 

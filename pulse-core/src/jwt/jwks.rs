@@ -15,13 +15,9 @@ use hyper_util::{
     client::legacy::{Client, connect::Connect},
     rt::TokioExecutor,
 };
-use tokio::{
-    sync::{Notify, watch},
-    task::AbortHandle,
-    time::Instant,
-};
+use tokio::{sync::watch, task::AbortHandle, time::Instant};
 
-use super::{KeySet, KeySource, VerificationKey};
+use super::{KeyRefresh, KeySet, KeySource, VerificationKey};
 
 /// How often the key set is refetched in the background by default: 5 minutes.
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
@@ -59,10 +55,23 @@ pub enum JwksError {
 /// - [`JwksSource::refresh`] fetches now (await it once at start-up).
 /// - [`JwksSource::spawn_background_refresh`] starts a tokio task that refetches every
 ///   refresh interval; requests never wait for it: they use the keys held.
-/// - A token naming an unknown `kid` is refused (401) and wakes the task for a
-///   refetch, at most once per minimum refetch interval, so a key the issuer just
-///   started using is picked up quickly while garbage `kid`s cannot hammer the
-///   endpoint.
+/// - A token naming an unknown `kid` causes a refetch **before it is answered**, as
+///   Envoy's `jwt_authn` does: [`JwtAuthLayer`](super::JwtAuthLayer) and
+///   [`JwtVerifier::verify_async`](super::JwtVerifier::verify_async) wait for it and
+///   verify once more, so a key the issuer has just started using is accepted, not
+///   refused while the new set is on its way. The refetch is
+///   - *coalesced*: every request that meets an unknown `kid` while a refetch runs
+///     waits on that one;
+///   - *rate-limited*: at most one per minimum refetch interval (the cool-down,
+///     [`DEFAULT_MIN_REFETCH_INTERVAL`]); during the cool-down an unknown `kid` is
+///     refused (401) at once, so a flood of made-up `kid`s cannot hammer the
+///     endpoint nor hold requests;
+///   - *bounded*: a request waits at most the fetch timeout
+///     ([`DEFAULT_FETCH_TIMEOUT`]), and a client that goes away does not cancel the
+///     fetch the others wait on.
+///
+///   The synchronous [`JwtVerifier::verify`](super::JwtVerifier::verify) does not
+///   wait: it refuses at once and starts the same refetch in the background.
 ///
 /// Each key is pinned to its JWK `alg` (or its family's usual algorithm); symmetric
 /// keys and keys that do not parse are skipped. A failed fetch keeps the keys held.
@@ -86,12 +95,11 @@ struct Inner {
     url: Uri,
     keys: KeySet,
     fetch: Fetch,
-    wake: Arc<Notify>,
     refresh_interval: Duration,
     min_refetch_interval: Duration,
     timeout: Duration,
     max_bytes: usize,
-    last_refetch: Mutex<Option<Instant>>,
+    refetch: Mutex<Refetch>,
     task: Mutex<Option<AbortHandle>>,
     generation: watch::Sender<u64>,
 }
@@ -150,12 +158,11 @@ impl JwksSource {
                 url,
                 keys: KeySet::new(),
                 fetch,
-                wake: Arc::new(Notify::new()),
                 refresh_interval: DEFAULT_REFRESH_INTERVAL,
                 min_refetch_interval: DEFAULT_MIN_REFETCH_INTERVAL,
                 timeout: DEFAULT_FETCH_TIMEOUT,
                 max_bytes: DEFAULT_MAX_JWKS_BYTES,
-                last_refetch: Mutex::new(None),
+                refetch: Mutex::new(Refetch::default()),
                 task: Mutex::new(None),
                 generation: watch::Sender::new(0),
             }),
@@ -177,14 +184,16 @@ impl JwksSource {
         self.configure(|inner| inner.refresh_interval = interval)
     }
 
-    /// The shortest interval between refetches caused by unknown `kid`s (default
-    /// [`DEFAULT_MIN_REFETCH_INTERVAL`]). Set it before cloning or spawning.
+    /// The shortest interval between refetches caused by unknown `kid`s, the
+    /// cool-down (default [`DEFAULT_MIN_REFETCH_INTERVAL`]). Set it before cloning or
+    /// spawning.
     #[must_use]
     pub fn with_min_refetch_interval(self, interval: Duration) -> Self {
         self.configure(|inner| inner.min_refetch_interval = interval)
     }
 
-    /// The time a fetch may take (default [`DEFAULT_FETCH_TIMEOUT`]). Set it before
+    /// The time a fetch may take, and so the longest a request waits for a refetch
+    /// caused by an unknown `kid` (default [`DEFAULT_FETCH_TIMEOUT`]). Set it before
     /// cloning or spawning.
     #[must_use]
     pub fn with_timeout(self, timeout: Duration) -> Self {
@@ -213,7 +222,7 @@ impl JwksSource {
     }
 
     /// Start the background task (idempotent). It refetches every refresh interval
-    /// and when woken by an unknown `kid`, and stops when the last clone of this
+    /// (unknown `kid`s cause their own refetches, see above), and stops when the last clone of this
     /// source is dropped. Must be called inside a tokio runtime.
     pub fn spawn_background_refresh(&self) {
         let mut task = self
@@ -225,14 +234,10 @@ impl JwksSource {
             return;
         }
         let weak = Arc::downgrade(&self.inner);
-        let wake = Arc::clone(&self.inner.wake);
         let interval = self.inner.refresh_interval;
         let handle = tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    () = tokio::time::sleep(interval) => {}
-                    () = wake.notified() => {}
-                }
+                tokio::time::sleep(interval).await;
                 let Some(inner) = weak.upgrade() else { break };
                 if let Err(err) = inner.refresh().await {
                     tracing::warn!(url = %inner.url, error = %err, "JWKS refresh failed; keeping the keys held");
@@ -243,7 +248,60 @@ impl JwksSource {
     }
 }
 
+/// The refetches caused by unknown `kid`s.
+#[derive(Default)]
+struct Refetch {
+    /// When the last one started: the cool-down runs from there.
+    last_started: Option<Instant>,
+    /// The one under way: `true` once it has ended.
+    in_flight: Option<watch::Receiver<bool>>,
+}
+
 impl Inner {
+    /// Join the refetch under way, or start one unless the cool-down forbids it.
+    fn refetch_for_unknown_kid(self: &Arc<Self>) -> Option<KeyRefresh> {
+        let mut state = self.refetch.lock().unwrap_or_else(PoisonError::into_inner);
+        // (A fetch whose task is gone, with its runtime, without ending is not joined.)
+        if let Some(done) = &state.in_flight
+            && !*done.borrow()
+            && done.has_changed().is_ok()
+        {
+            return Some(self.wait_for(done.clone()));
+        }
+        let now = Instant::now();
+        if state
+            .last_started
+            .is_some_and(|at| now.duration_since(at) < self.min_refetch_interval)
+        {
+            return None;
+        }
+        // Spawned, so that the fetch outlives the request that started it.
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (ended, done) = watch::channel(false);
+        state.last_started = Some(now);
+        state.in_flight = Some(done.clone());
+        let inner = Arc::clone(self);
+        runtime.spawn(async move {
+            match inner.refresh().await {
+                Ok(_) => tracing::info!(url = %inner.url, "JWKS refetched for an unknown kid"),
+                Err(err) => {
+                    tracing::warn!(url = %inner.url, error = %err, "JWKS refetch for an unknown kid failed; keeping the keys held");
+                }
+            }
+            let _ = ended.send(true);
+        });
+        Some(self.wait_for(done))
+    }
+
+    /// The wait for a refetch: until it ends, at most the fetch timeout.
+    fn wait_for(&self, mut done: watch::Receiver<bool>) -> KeyRefresh {
+        let bound = self.timeout;
+        KeyRefresh::new(async move {
+            // An error means the fetch task is gone (runtime shutting down): stop waiting.
+            let _ = tokio::time::timeout(bound, done.wait_for(|ended| *ended)).await;
+        })
+    }
+
     async fn refresh(&self) -> Result<usize, JwksError> {
         let fetch = (self.fetch)(self.url.clone(), self.max_bytes);
         let (status, body) = tokio::time::timeout(self.timeout, fetch)
@@ -282,18 +340,13 @@ impl KeySource for JwksSource {
         self.inner.keys.key(kid)
     }
 
-    fn on_unknown_kid(&self, _kid: &str) {
-        let now = Instant::now();
-        let mut last = self
-            .inner
-            .last_refetch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if last.is_some_and(|at| now.duration_since(at) < self.inner.min_refetch_interval) {
-            return;
-        }
-        *last = Some(now);
-        self.inner.wake.notify_one();
+    fn on_unknown_kid(&self, kid: &str) {
+        // The same refetch, not waited for.
+        drop(self.refresh_unknown_kid(kid));
+    }
+
+    fn refresh_unknown_kid(&self, _kid: &str) -> Option<KeyRefresh> {
+        self.inner.refetch_for_unknown_kid()
     }
 }
 
@@ -333,16 +386,37 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unknown_kid_refetch_is_rate_limited() {
-        let source = JwksSource::new("http://127.0.0.1:9/jwks".parse().unwrap())
+        // A port nothing listens on: each fetch fails fast, which is all this needs.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let source = JwksSource::new(format!("http://127.0.0.1:{port}/jwks").parse().unwrap())
             .with_min_refetch_interval(Duration::from_secs(30));
-        source.on_unknown_kid("a");
-        let first = *source.inner.last_refetch.lock().unwrap();
+        let started = || source.inner.refetch.lock().unwrap().last_started;
+        source.refresh_unknown_kid("a").expect("a refetch").await;
+        let first = started();
         assert!(first.is_some());
         tokio::time::advance(Duration::from_secs(10)).await;
-        source.on_unknown_kid("b");
-        assert_eq!(*source.inner.last_refetch.lock().unwrap(), first);
+        assert!(source.refresh_unknown_kid("b").is_none(), "cool-down");
+        assert_eq!(started(), first);
         tokio::time::advance(Duration::from_secs(21)).await;
-        source.on_unknown_kid("c");
-        assert_ne!(*source.inner.last_refetch.lock().unwrap(), first);
+        assert!(source.refresh_unknown_kid("c").is_some());
+        assert_ne!(started(), first);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_whose_task_is_gone_is_not_joined() {
+        let source = JwksSource::new("http://127.0.0.1:9/jwks".parse().unwrap())
+            .with_min_refetch_interval(Duration::ZERO);
+        // A fetch under way whose task died (its runtime shut down) without ending.
+        let (ended, done) = watch::channel(false);
+        drop(ended);
+        source.inner.refetch.lock().unwrap().in_flight = Some(done);
+        assert!(source.refresh_unknown_kid("a").is_some());
+        let state = source.inner.refetch.lock().unwrap();
+        assert!(state.last_started.is_some(), "a new fetch was started");
+        assert!(state.in_flight.as_ref().unwrap().has_changed().is_ok());
     }
 }

@@ -4,7 +4,10 @@
 use std::{
     collections::HashMap,
     fmt,
+    future::Future,
+    pin::Pin,
     sync::{Arc, RwLock},
+    task::{Context, Poll},
 };
 
 use super::VerificationKey;
@@ -27,6 +30,49 @@ pub trait KeySource: Send + Sync + 'static {
     /// can refresh (JWKS) do so here, at a bounded rate and without blocking.
     fn on_unknown_kid(&self, kid: &str) {
         let _ = kid;
+    }
+
+    /// Called when a token names a `kid` this source does not know, by a caller that
+    /// can wait ([`JwtVerifier::verify_async`](super::JwtVerifier::verify_async),
+    /// [`JwtAuthLayer`](super::JwtAuthLayer)). A source that can refresh starts (or
+    /// joins) a refetch and returns a [`KeyRefresh`] that ends with it, after which
+    /// the caller looks the key up once more; `None` means "answer now".
+    ///
+    /// The default calls [`KeySource::on_unknown_kid`] and answers `None`.
+    fn refresh_unknown_kid(&self, kid: &str) -> Option<KeyRefresh> {
+        self.on_unknown_kid(kid);
+        None
+    }
+}
+
+/// A bounded wait for a key source's refetch (see [`KeySource::refresh_unknown_kid`]):
+/// it ends when the refetch has ended, whether it replaced the keys or failed, or
+/// when the source's bound on the wait has passed. Dropping it does not cancel the
+/// refetch, which other requests may be waiting on.
+pub struct KeyRefresh {
+    wait: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl KeyRefresh {
+    /// A wait that ends when `wait` does. The future must be bounded in time.
+    pub fn new(wait: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self {
+            wait: Box::pin(wait),
+        }
+    }
+}
+
+impl Future for KeyRefresh {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.wait.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for KeyRefresh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRefresh").finish_non_exhaustive()
     }
 }
 
@@ -168,6 +214,10 @@ impl<T: KeySource> KeySource for Arc<T> {
 
     fn on_unknown_kid(&self, kid: &str) {
         (**self).on_unknown_kid(kid);
+    }
+
+    fn refresh_unknown_kid(&self, kid: &str) -> Option<KeyRefresh> {
+        (**self).refresh_unknown_kid(kid)
     }
 }
 

@@ -97,7 +97,7 @@ mod verifier;
 pub use cache::VerifiedTokenCache;
 pub use claims::{Audience, Claims};
 pub use error::{IssueError, KeyError, TokenError};
-pub use future::ResponseFuture;
+pub use future::{JwtResponseFuture, ResponseFuture};
 pub use issuer::{DEFAULT_TOKEN_LIFETIME, IssueOptions, IssuedToken, TokenIssuer};
 /// The signature algorithms, re-exported from `jsonwebtoken`.
 pub use jsonwebtoken::Algorithm;
@@ -107,7 +107,7 @@ pub use jwks::{
     DEFAULT_REFRESH_INTERVAL, JwksError, JwksSource,
 };
 pub use key::{SigningKey, VerificationKey};
-pub use key_set::{KeySet, KeySource};
+pub use key_set::{KeyRefresh, KeySet, KeySource};
 pub use layer::JwtAuthLayer;
 pub use revocation::{Revoked, TokenRevocation};
 pub use service::JwtAuth;

@@ -12,8 +12,8 @@ use jsonwebtoken::errors::ErrorKind;
 
 use super::revocation::RevocationHook;
 use super::{
-    Claims, DEFAULT_LEEWAY, DEFAULT_MAX_LEEWAY, DEFAULT_MAX_LIFETIME, KeySource, MAX_TOKEN_BYTES,
-    TokenError, VerifiedTokenCache, claims::unix_seconds, key::MAX_KID_LEN,
+    Claims, DEFAULT_LEEWAY, DEFAULT_MAX_LEEWAY, DEFAULT_MAX_LIFETIME, KeyRefresh, KeySource,
+    MAX_TOKEN_BYTES, TokenError, VerifiedTokenCache, claims::unix_seconds, key::MAX_KID_LEN,
 };
 use crate::{
     error::{ApiError, ErrorCode},
@@ -238,7 +238,65 @@ impl JwtVerifier {
     }
 
     /// Verify a token and return the identity it carries.
+    ///
+    /// Never waits: a token naming a `kid` the key source does not know is refused
+    /// at once ([`TokenError::UnknownKey`]), and the source is told about it
+    /// ([`KeySource::on_unknown_kid`]). [`JwtVerifier::verify_async`] waits for the
+    /// source's refetch instead.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        self.verify_with(token, &mut Lookup::Notify)
+    }
+
+    /// Verify a token like [`JwtVerifier::verify`], but when it names a `kid` the key
+    /// source does not know and the source can refetch (a JWKS source), wait for that
+    /// one bounded, rate-limited refetch (shared with every other request waiting on
+    /// it) and look the key up once more. So a token signed with a key the identity
+    /// provider has just started using is accepted, not refused while the new key set
+    /// is on its way; a flood of made-up `kid`s still causes at most one fetch per the
+    /// source's cool-down, and is refused at once during it.
+    pub async fn verify_async(&self, token: &str) -> Result<Identity, TokenError> {
+        let mut lookup = Lookup::Refresh(None);
+        match self.verify_with(token, &mut lookup) {
+            Err(TokenError::UnknownKey) => match lookup {
+                Lookup::Refresh(Some(refresh)) => {
+                    refresh.await;
+                    self.verify_after_refresh(token)
+                }
+                _ => Err(TokenError::UnknownKey),
+            },
+            other => other,
+        }
+    }
+
+    /// [`JwtVerifier::verify_async`] for the request's single `Authorization: Bearer`
+    /// header.
+    pub async fn authenticate_async(&self, headers: &HeaderMap) -> Result<Identity, TokenError> {
+        self.verify_async(bearer_token(headers)?).await
+    }
+
+    /// The first step of an authentication that may wait: the result, or the wait
+    /// after which [`JwtVerifier::verify_after_refresh`] gives it.
+    pub(crate) fn authenticate_or_refresh(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Identity, (TokenError, Option<KeyRefresh>)> {
+        let token = bearer_token(headers).map_err(|err| (err, None))?;
+        let mut lookup = Lookup::Refresh(None);
+        self.verify_with(token, &mut lookup)
+            .map_err(|err| match lookup {
+                Lookup::Refresh(refresh @ Some(_)) if err == TokenError::UnknownKey => {
+                    (err, refresh)
+                }
+                _ => (err, None),
+            })
+    }
+
+    /// The second look-up after a key refresh: an unknown `kid` is now final.
+    pub(crate) fn verify_after_refresh(&self, token: &str) -> Result<Identity, TokenError> {
+        self.verify_with(token, &mut Lookup::Final)
+    }
+
+    fn verify_with(&self, token: &str, lookup: &mut Lookup) -> Result<Identity, TokenError> {
         if token.len() > self.config.max_token_bytes {
             return Err(TokenError::TooLarge {
                 max: self.config.max_token_bytes,
@@ -257,7 +315,7 @@ impl JwtVerifier {
             self.check_revocation(&hit.claims)?;
             return Ok(hit.identity);
         }
-        let claims = self.verify_claims(token)?;
+        let claims = self.verify_claims_with(token, lookup)?;
         let identity = claims
             .to_identity()
             .ok_or(TokenError::MissingClaim("sub"))?;
@@ -267,8 +325,13 @@ impl JwtVerifier {
         Ok(identity)
     }
 
-    /// Verify a token and return all its claims.
+    /// Verify a token and return all its claims (never waits, like
+    /// [`JwtVerifier::verify`]).
     pub fn verify_claims(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_claims_with(token, &mut Lookup::Notify)
+    }
+
+    fn verify_claims_with(&self, token: &str, lookup: &mut Lookup) -> Result<Claims, TokenError> {
         let config = &*self.config;
         if token.len() > config.max_token_bytes {
             return Err(TokenError::TooLarge {
@@ -286,7 +349,11 @@ impl JwtVerifier {
         }
         let Some(key) = config.keys.key(kid) else {
             if let Some(kid) = kid {
-                config.keys.on_unknown_kid(kid);
+                match lookup {
+                    Lookup::Notify => config.keys.on_unknown_kid(kid),
+                    Lookup::Refresh(refresh) => *refresh = config.keys.refresh_unknown_kid(kid),
+                    Lookup::Final => {}
+                }
             }
             return Err(TokenError::UnknownKey);
         };
@@ -381,6 +448,16 @@ impl JwtVerifier {
         }
         Ok(())
     }
+}
+
+/// What a key look-up does about an unknown `kid`.
+enum Lookup {
+    /// Tell the source and answer at once.
+    Notify,
+    /// Ask the source for a refetch to wait on (filled in when there is one).
+    Refresh(Option<KeyRefresh>),
+    /// Nothing: this is the look-up after a refetch.
+    Final,
 }
 
 /// The error code of a revoked token (401, `WWW-Authenticate: Bearer error="invalid_token"`).

@@ -24,6 +24,14 @@ mod pooled;
 #[cfg(feature = "http")]
 pub use pooled::{HttpTransport, TransportBody, TransportFuture};
 
+/// The transport [`HttpTransport::https`] builds (TLS to `https://` upstreams, plain
+/// TCP to `http://` ones), for naming it in a struct or a type alias.
+#[cfg(feature = "tls")]
+pub type HttpsTransport<B> = HttpTransport<
+    B,
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+>;
+
 #[cfg(all(feature = "unix", feature = "http", unix))]
 mod unix;
 #[cfg(all(feature = "unix", feature = "http", unix))]

@@ -158,7 +158,7 @@ impl Harness {
     }
 }
 
-fn boxed<T, RB>(proxy: Proxy<T>) -> TestProxy
+pub fn boxed<T, RB>(proxy: Proxy<T>) -> TestProxy
 where
     T: tower::Service<Request<ProxyRequestBody<ClientBody>>, Response = Response<RB>>
         + Clone

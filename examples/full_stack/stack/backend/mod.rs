@@ -23,15 +23,13 @@ use axum::routing::{any, get, post};
 use pulse_breaker::{Backoff, Breaker, BreakerConfig, CircuitBreakerLayer};
 use pulse_core::health::{Health, HealthAggregator, check_fn};
 use pulse_core::internal_auth::{InternalCredentialLayer, InternalTokenMinter, KeyRing};
-use pulse_core::jwt::{
-    JwtAuthLayer, JwtVerifier, SigningKey, TokenIssuer, VerificationKey, VerifiedTokenCache,
-};
+use pulse_core::jwt::{JwtAuthLayer, JwtVerifier, TokenIssuer, VerifiedTokenCache};
 use pulse_core::rbac::RuleTable;
 use pulse_core::request_id::RequestId;
 use pulse_core::{AuthorizeLayer, RequestIdLayer};
 use pulse_etl::client::EtlClient;
 use pulse_proxy::cache::{CacheLayer, CacheStats, MemoryStore, RedisStore};
-use pulse_proxy::transport::{HttpTransport, TransportBody, TransportConfig};
+use pulse_proxy::transport::{HttpTransport, HttpsTransport, TransportBody, TransportConfig};
 use pulse_proxy::{Proxy, ProxyConfig, ProxyError, UpstreamClassifier};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -164,6 +162,8 @@ pub async fn start(
     // The Prometheus recorder, installed once per process.
     let _ = super::telemetry::prometheus();
     let etl_url = options.etl_url();
+    // TLS to the ETL when its URL is https:// (trusting PULSE_ETL_CA_FILE).
+    let etl_tls = super::tls::etl_client_config(options)?;
     let ring = KeyRing::parse(&secrets.internal_keys).context("PULSE_INTERNAL_KEYS")?;
     let (stop, stopped) = watch::channel(false);
 
@@ -215,14 +215,15 @@ pub async fn start(
         stopped.clone(),
     );
 
-    let issuer =
-        TokenIssuer::new(SigningKey::hmac(&secrets.jwt_secret).context("PULSE_JWT_SECRET")?)
-            .with_issuer(TOKEN_ISSUER)
-            .with_audience(TOKEN_AUDIENCE)
-            .with_lifetime(policy.access_ttl);
+    // Signed with the newest key, which the token names (`kid`); verified with it and
+    // the rotation's previous or next (PULSE_JWT_VERIFY_SECRETS).
+    let issuer = TokenIssuer::new(secrets.user_token_signing_key()?)
+        .with_issuer(TOKEN_ISSUER)
+        .with_audience(TOKEN_AUDIENCE)
+        .with_lifetime(policy.access_ttl);
     // Only this gateway's user tokens: their type (never an internal token), their
     // audience, `iat`, no longer-lived than the ones it issues, and not revoked.
-    let verifier = JwtVerifier::new(VerificationKey::hmac(&secrets.jwt_secret)?)
+    let verifier = JwtVerifier::new(secrets.user_token_keys()?)
         .with_issuer(TOKEN_ISSUER)
         .with_audience(TOKEN_AUDIENCE)
         .with_required_type(pulse_core::jwt::USER_TOKEN_TYPE)
@@ -262,16 +263,16 @@ pub async fn start(
         demo: options.demo_enabled(),
     })?);
 
-    let minter = InternalTokenMinter::new(
-        SigningKey::hmac(secrets.primary_internal_secret()?)?,
-        INTERNAL_TOKEN_ISSUER,
-    );
+    // Signed with the first internal key, named by its id: receivers holding the
+    // whole ring accept it while the keys rotate.
+    let minter =
+        InternalTokenMinter::new(secrets.internal_token_signing_key()?, INTERNAL_TOKEN_ISSUER);
 
     let etl_timeout = Duration::from_millis(options.etl_timeout_ms);
     let etl_urls = upstream::parse_urls(&etl_url, "PULSE_ETL_URL")?;
     for url in &etl_urls {
-        if url.scheme_str() != Some("http") {
-            anyhow::bail!("PULSE_ETL_URL must list http://host:port URLs");
+        if !matches!(url.scheme_str(), Some("http" | "https")) {
+            anyhow::bail!("PULSE_ETL_URL must list http:// or https:// URLs");
         }
     }
     // One transport stack per ETL instance, each with its own breaker and pool; the
@@ -310,10 +311,11 @@ pub async fn start(
             // Pooled HTTP/1 to this instance; refuse fast (1 s connect) when it is down;
             // drop idle connections before the ETL's keep-alive (same limits) ends them.
             .service(
-                HttpTransport::new(
+                HttpTransport::https(
                     TransportConfig::new()
                         .with_connect_timeout(Some(Duration::from_secs(1)))
                         .with_idle_timeout(Some(options.limits().pool_idle_timeout())),
+                    etl_tls.clone(),
                 )
                 .with_upstream(url.clone()),
             );
@@ -345,10 +347,11 @@ pub async fn start(
     let cache_stats = cache.stats();
     let status = cache.layer(proxy.clone());
 
-    let probe = EtlProbe::new(&etl_pool.urls())?;
+    let probe = EtlProbe::new(&etl_pool.urls(), &etl_tls)?;
     let hub = Hub::start(
         etl_pool.clone(),
         ring,
+        &etl_tls,
         Duration::from_millis(options.ws_resubscribe_delay_ms),
         stopped,
     )?;
@@ -470,17 +473,17 @@ pub async fn start(
 /// `GET /health` of every ETL instance, at once.
 #[derive(Clone, Debug)]
 pub struct EtlProbe {
-    clients: Arc<Vec<(String, EtlClient)>>,
+    clients: Arc<Vec<(String, EtlClient<EtlTransport>)>>,
 }
 
 impl EtlProbe {
-    fn new(urls: &[String]) -> anyhow::Result<Self> {
+    fn new(urls: &[String], tls: &rustls::ClientConfig) -> anyhow::Result<Self> {
         let clients = urls
             .iter()
             .map(|url| {
                 Ok((
                     url.clone(),
-                    EtlClient::http(url)?.with_timeout(Duration::from_secs(2)),
+                    EtlClient::new(url, etl_transport(tls))?.with_timeout(Duration::from_secs(2)),
                 ))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -553,6 +556,14 @@ fn health_checks(probe: &EtlProbe) -> HealthAggregator {
                 }
             }),
         )
+}
+
+/// The transport of the gateway's own ETL calls (health, the event subscription):
+/// pooled, TLS when the URL is https://.
+pub type EtlTransport = HttpsTransport<http_body_util::Full<bytes::Bytes>>;
+
+fn etl_transport(tls: &rustls::ClientConfig) -> EtlTransport {
+    HttpTransport::https(TransportConfig::new(), tls.clone())
 }
 
 async fn health(State(gateway): State<Gateway>) -> Response {

@@ -46,7 +46,7 @@ struct Reports {
 /// The hub's subscription loop (see [`Hub::start`]).
 async fn subscribe(
     pool: EtlPool,
-    clients: Vec<EtlClient>,
+    clients: Vec<EtlClient<super::EtlTransport>>,
     sender: broadcast::Sender<Arc<str>>,
     reports: Reports,
     resubscribe_delay: Duration,
@@ -161,6 +161,7 @@ impl Hub {
     pub fn start(
         pool: EtlPool,
         ring: KeyRing,
+        tls: &rustls::ClientConfig,
         resubscribe_delay: Duration,
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
@@ -168,7 +169,7 @@ impl Hub {
             .urls()
             .iter()
             .map(|url| {
-                Ok(EtlClient::http(url)?
+                Ok(EtlClient::new(url, super::etl_transport(&tls))?
                     .with_credentials(InternalCredentialLayer::new().with_key(ring.clone())))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
