@@ -7,70 +7,38 @@
 //! bench_hop --addr 127.0.0.1:9100 --upstream 127.0.0.1:9000 [--threads 1]
 //! ```
 
-use std::net::SocketAddr;
+#[path = "common.rs"]
+mod common;
 
 use http::{Request, Uri};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-
-fn arg(name: &str) -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == name {
-            return args.next();
-        }
-    }
-    None
-}
+use hyper_util::rt::TokioExecutor;
 
 fn main() -> std::io::Result<()> {
-    let addr: SocketAddr = arg("--addr")
-        .unwrap_or_else(|| "127.0.0.1:9100".into())
-        .parse()
-        .expect("--addr host:port");
-    let upstream = arg("--upstream").unwrap_or_else(|| "127.0.0.1:9000".into());
-    let threads: usize = arg("--threads").map_or(1, |t| t.parse().expect("--threads N"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
+    let addr = common::addr("127.0.0.1:9100");
+    let upstream = common::arg("--upstream").unwrap_or_else(|| "127.0.0.1:9000".into());
+    common::runtime()?.block_on(async move {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(1024)
             .build(connector);
-        let listener = tokio::net::TcpListener::bind(addr).await?;
         println!("hop listening on {addr} -> {upstream}");
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(_) => continue,
-            };
-            let _ = stream.set_nodelay(true);
+        common::serve(addr, || {
             let client = client.clone();
             let upstream = upstream.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |mut req: Request<Incoming>| {
-                    let client = client.clone();
-                    let path = req
-                        .uri()
-                        .path_and_query()
-                        .map_or("/", |p| p.as_str())
-                        .to_owned();
-                    *req.uri_mut() = format!("http://{upstream}{path}")
-                        .parse::<Uri>()
-                        .expect("upstream uri");
-                    async move { client.request(req).await }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            service_fn(move |mut req: Request<Incoming>| {
+                let client = client.clone();
+                let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                *req.uri_mut() = format!("http://{upstream}{path}")
+                    .parse::<Uri>()
+                    .expect("upstream uri");
+                async move { client.request(req).await }
+            })
+        })
+        .await
     })
 }

@@ -10,8 +10,10 @@
 //! bench_upstream --addr 127.0.0.1:9000 [--body-bytes 16384]
 //! ```
 
+#[path = "common.rs"]
+mod common;
+
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,9 +21,7 @@ use bytes::Bytes;
 use http::{Request, Response, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 
 #[derive(Default)]
 struct Stats {
@@ -29,81 +29,53 @@ struct Stats {
     requests: AtomicU64,
 }
 
-fn arg(name: &str) -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == name {
-            return args.next();
-        }
-    }
-    None
-}
-
+/// `{"ok":true,"service":"upstream","pad":"…"}` and a newline, padded to `size` bytes
+/// (at least the bare object).
 fn body(size: usize) -> Bytes {
-    // {"ok":true,"pad":"…"} padded to exactly `size` bytes (at least the bare object).
-    let base = r#"{"ok":true,"service":"upstream","pad":""}"#;
-    let pad = size.saturating_sub(base.len() + 1);
+    let bare = r#"{"ok":true,"service":"upstream","pad":""}"#.len() + 1;
+    let pad = "x".repeat(size.saturating_sub(bare));
     Bytes::from(format!(
-        "{{\"ok\":true,\"service\":\"upstream\",\"pad\":\"{}\"}}\n",
-        "x".repeat(pad)
+        "{{\"ok\":true,\"service\":\"upstream\",\"pad\":\"{pad}\"}}\n"
     ))
 }
 
 fn main() -> std::io::Result<()> {
-    let addr: SocketAddr = arg("--addr")
-        .unwrap_or_else(|| "127.0.0.1:9000".into())
-        .parse()
-        .expect("--addr host:port");
-    let size: usize = arg("--body-bytes")
-        .map(|s| s.parse().expect("--body-bytes N"))
-        .unwrap_or(51);
+    let addr = common::addr("127.0.0.1:9000");
+    let size: usize =
+        common::arg("--body-bytes").map_or(51, |s| s.parse().expect("--body-bytes N"));
     let payload = body(size);
     let stats = Arc::new(Stats::default());
+    // One thread, so that it can be pinned to one core beside the contender.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
         println!(
             "upstream listening on {addr} ({} byte answers)",
             payload.len()
         );
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(_) => continue,
-            };
-            let _ = stream.set_nodelay(true);
+        common::serve(addr, || {
             stats.connections.fetch_add(1, Ordering::Relaxed);
             let stats = Arc::clone(&stats);
             let payload = payload.clone();
-            tokio::task::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let stats = Arc::clone(&stats);
-                    let payload = payload.clone();
-                    async move {
-                        let body = if req.uri().path() == "/_harness/stats" {
-                            Bytes::from(format!(
-                                "{{\"connections\":{},\"requests\":{}}}",
-                                stats.connections.load(Ordering::Relaxed),
-                                stats.requests.load(Ordering::Relaxed)
-                            ))
-                        } else {
-                            stats.requests.fetch_add(1, Ordering::Relaxed);
-                            payload
-                        };
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .header(header::CONTENT_TYPE, "application/json")
-                                .body(Full::new(body))
-                                .expect("static response"),
-                        )
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            service_fn(move |req: Request<Incoming>| {
+                let body = if req.uri().path() == "/_harness/stats" {
+                    Bytes::from(format!(
+                        "{{\"connections\":{},\"requests\":{}}}",
+                        stats.connections.load(Ordering::Relaxed),
+                        stats.requests.load(Ordering::Relaxed)
+                    ))
+                } else {
+                    stats.requests.fetch_add(1, Ordering::Relaxed);
+                    payload.clone()
+                };
+                let response = Response::builder()
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(body))
+                    .expect("static response");
+                async move { Ok::<_, Infallible>(response) }
+            })
+        })
+        .await
     })
 }
