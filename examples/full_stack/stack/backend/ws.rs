@@ -169,7 +169,7 @@ impl Hub {
             .urls()
             .iter()
             .map(|url| {
-                Ok(EtlClient::new(url, super::etl_transport(&tls))?
+                Ok(EtlClient::new(url, super::etl_transport(tls))?
                     .with_credentials(InternalCredentialLayer::new().with_key(ring.clone())))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
