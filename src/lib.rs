@@ -31,3 +31,8 @@ pub use pulse_proxy as proxy;
 #[cfg(feature = "etl")]
 #[doc(inline)]
 pub use pulse_etl as etl;
+
+/// The README's Rust blocks ("Use it in your service"), compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -132,3 +132,8 @@ pub mod docs {
     #[doc = include_str!("docs/tuning.md")]
     pub mod tuning {}
 }
+
+/// The README's Rust blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -22,10 +22,11 @@
 //!
 //! | feature | default | enables |
 //! | --- | --- | --- |
-//! | `jwt` | yes | the [`jwt`] module (jsonwebtoken 12, verified-token cache) |
+//! | (core) | always | [`error`], [`request_id`], [`identity`], [`rbac`], [`headers`], [`body`] |
+//! | `jwt` | no | the [`jwt`] module (jsonwebtoken 12 with its RustCrypto backend: RSA, ECDSA, Ed25519, HMAC; a verified-token cache) |
 //! | `jwks` | no | fetching verification keys from a JWKS URL (implies `jwt`) |
-//! | `internal-auth` | yes | the [`internal_auth`] module (implies `jwt`) |
-//! | `health` | yes | the [`health`] module |
+//! | `internal-auth` | no | the [`internal_auth`] module (implies `jwt`) |
+//! | `health` | no | the [`health`] module |
 //! | `axum` | no | axum extractors ([`Identity`], [`RequestId`]) and `IntoResponse` for [`ApiError`] and health reports |
 //! | `full` | no | all of the above |
 //!
@@ -103,3 +104,8 @@ pub use error::{ApiError, ErrorCode};
 pub use identity::Identity;
 pub use rbac::{AuthorizeLayer, RequirePermissionLayer, RoleMap, RuleTable};
 pub use request_id::{RequestId, RequestIdLayer, SetRequestIdLayer};
+
+/// The README's Rust blocks, compiled and run as doctests (they use these features).
+#[cfg(all(doctest, feature = "jwt", feature = "axum"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{RetryPolicy, Schedule, WallClock};
@@ -335,7 +336,8 @@ impl fmt::Debug for JobRegistry {
 }
 
 /// What one attempt of a run gets: its identity and parameters, a cancellation token,
-/// a progress reporter, a log sink, a checkpoint cursor and the store.
+/// a progress reporter, a log sink, a checkpoint cursor, the engine's clock and the
+/// store's connection pool for the job's own tables — not the store itself.
 ///
 /// Every write through the context is fenced by the attempt number: once another
 /// worker has taken the run over, the writes fail with [`JobError::LeaseLost`].
@@ -499,22 +501,28 @@ impl JobContext {
         Ok(())
     }
 
-    /// The store, for loading data next to the runs.
+    /// The engine's wall clock now ([`EngineConfig::with_clock`](crate::EngineConfig::with_clock)):
+    /// use it for the timestamps a job writes, so tests on a manual clock see them move
+    /// with the engine's.
     #[must_use]
-    pub fn store(&self) -> &Arc<dyn JobStore> {
-        &self.store
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// Fails with [`JobError::LeaseLost`] once this attempt no longer holds its run
+    /// (another worker took it over, or it ended): check before a write the store does
+    /// not fence itself, such as rows of the job's own tables.
+    ///
+    /// # Errors
+    /// [`JobError::LeaseLost`], or a retryable error when the store cannot tell.
+    pub async fn check_lease(&self) -> Result<(), JobError> {
+        Ok(self.store.check_fence(&self.fence).await?)
     }
 
     /// The store's connection pool, for the job's own tables.
     #[must_use]
     pub fn pool(&self) -> StorePool {
         self.store.pool()
-    }
-
-    /// The attempt's fence, for stores' fenced writes ([`JobStore::check_fence`]).
-    #[must_use]
-    pub fn fence(&self) -> AttemptFence {
-        self.fence
     }
 }
 

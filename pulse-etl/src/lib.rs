@@ -89,29 +89,52 @@
 //!
 //! | feature | default | what it adds |
 //! |---------|---------|--------------|
-//! | (none)  | yes     | the engine, [`SqliteStore`] and [`PgStore`], the [`api`], the [`client`] and the seed [`jobs`] |
-//! | `tls`   | no      | `https://` sources for the seed jobs (rustls; roots from `SSL_CERT_FILE` or the system's PEM bundle) |
+//! | (core)  | always  | the engine, [`Job`], the [`JobStore`] trait, the model |
+//! | `sqlite` | yes    | `SqliteStore`, the embedded store |
+//! | `postgres` | no   | `PgStore`, for many workers on many machines |
+//! | `api`   | no      | `api`: the HTTP API (axum) behind pulse-core's internal authentication |
+//! | `client` | no     | `client`: the API's typed client (implies `api`) |
+//! | `jobs`  | no      | `jobs`: the seed jobs `jira_sync` and `github_sync` (with `sqlite` or `postgres`) |
+//! | `tls`   | no      | `https://` sources for the seed jobs (rustls; roots from `SSL_CERT_FILE` or the system's PEM bundle; implies `jobs`) |
+//! | `full`  | no      | all of the above |
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+#[cfg(feature = "api")]
 pub mod api;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod engine;
 pub mod job;
+#[cfg(feature = "jobs")]
 pub mod jobs;
+#[cfg(all(feature = "jobs", not(any(feature = "sqlite", feature = "postgres"))))]
+compile_error!(
+    "pulse-etl: the `jobs` feature loads into the store's database; enable `sqlite` or `postgres` too"
+);
 pub mod model;
 pub mod store;
 
 pub use engine::{
-    EngineConfig, EngineError, JobEngine, ManualWallClock, RetryPolicy, Schedule, ScheduleError,
-    StartOutcome, StartRequest, SystemWallClock, WallClock,
+    Backoff, CatchUp, Due, EngineConfig, EngineError, JobEngine, ManualWallClock, Retention,
+    RetryPolicy, Schedule, ScheduleError, StartOutcome, StartRequest, SystemWallClock,
+    TokioWallClock, WallClock,
 };
 pub use job::{Job, JobContext, JobError, JobInfo, JobOutput, JobRegistry, NoParams};
 pub use model::{
     Attempt, EngineHealth, InstanceId, JobStatus, JobSummary, LogLevel, LogLine, Progress, Run,
     RunEvent, RunEventKind, RunId, RunState, StateCounts, StatusSummary,
 };
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
 pub use store::{
     AttemptFence, AttemptOutcome, CancelOutcome, Claim, CreateOutcome, JobStore, LeaseStatus,
-    NewRun, PgStore, PgStoreOptions, SqliteStore, StoreError, StorePool, SweepReport,
+    MemoryStore, NewRun, PruneBatch, PruneReport, StoreError, StorePool, SweepReport,
 };
+#[cfg(feature = "postgres")]
+pub use store::{PgStore, PgStoreOptions};
+
+/// The README's Rust blocks, compiled and run as doctests (they use these features).
+#[cfg(all(doctest, feature = "sqlite"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 /// The id of a run: a UUIDv7, so ids sort by creation time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct RunId(Uuid);
 
@@ -105,6 +106,7 @@ impl From<Uuid> for InstanceId {
 /// `pending → running → succeeded | failed | cancelled`, with `retrying` between
 /// attempts and `cancelling` while a cancel is under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     /// Created, waiting for a worker.
@@ -193,6 +195,7 @@ impl FromStr for RunState {
 
 /// How far a run has got: `{done, total, message}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// Units of work done so far.
     pub done: u64,
@@ -227,6 +230,7 @@ impl Progress {
 /// finished_at, attempts, progress: {done, total, message}, error}`; `result` is added
 /// only when the job returned one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 pub struct Run {
     /// The run's id.
     pub id: RunId,
@@ -289,6 +293,7 @@ pub struct Attempt {
 
 /// The level of a run's log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LogLevel {
     /// Fine detail.
@@ -399,6 +404,16 @@ pub struct JobSummary {
     pub name: String,
     /// Its schedule, when it has one (`every 300s` or the cron expression).
     pub schedule: Option<String>,
+    /// What its schedule does with missed slots (`skip`, `latest`, `all:<n>`), when it
+    /// has a schedule.
+    #[serde(default)]
+    pub catch_up: Option<String>,
+    /// The next slot of its schedule.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub next_slot: Option<OffsetDateTime>,
+    /// The newest slot fired (by any instance; it made no run when the job was busy).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_slot: Option<OffsetDateTime>,
     /// Its timeout per attempt, in seconds.
     pub timeout_secs: u64,
     /// The most attempts one run may take.

@@ -219,3 +219,77 @@ async fn a_long_backlog_is_replayed_in_full() {
     let expected: Vec<String> = stored.iter().map(|event| event.seq.to_string()).collect();
     assert_eq!(ids, expected);
 }
+
+#[tokio::test]
+async fn resuming_after_events_that_retention_deleted_gets_a_reset_then_the_current_state() {
+    let clock = std::sync::Arc::new(pulse_etl::ManualWallClock::new(
+        time::OffsetDateTime::now_utc(),
+    ));
+    let app = app_with(1, |config| {
+        config.with_clock(clock.clone()).without_retention()
+    })
+    .await;
+    let mut runs = Vec::new();
+    for job in ["jira_sync", "github_sync"] {
+        let started = app.post(&format!("/api/v1/jobs/{job}/start"), "").await;
+        assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.body);
+        let id: pulse_etl::RunId = started.body["run_id"].as_str().unwrap().parse().unwrap();
+        runs.push(id);
+    }
+    for id in &runs {
+        app.engine.wait_for_terminal(*id).await.unwrap();
+    }
+    // A subscriber that saw the first event only, then went away for eight days.
+    let first = app.engine.events_since(0, 1).await.unwrap()[0].seq;
+    clock.advance(std::time::Duration::from_secs(8 * 86_400));
+    let pruned = app
+        .engine
+        .prune(pulse_etl::Retention::default())
+        .await
+        .unwrap();
+    assert!(pruned.events > 0);
+    let through = app.engine.events_pruned_through().await.unwrap();
+    assert!(through > first);
+    let latest = app.engine.latest_event_seq().await.unwrap();
+
+    let mut body = subscribe(&app, Some(&first.to_string())).await;
+    let mut decoder = SseDecoder::new();
+    let events = next_events(&mut body, &mut decoder, 3).await;
+    assert_eq!(events[0].event, "reset");
+    assert_eq!(events[0].id.as_deref(), Some(latest.to_string().as_str()));
+    let reset: Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(reset["last_event_id"], latest);
+    assert_eq!(reset["pruned_through"], through);
+    // The current state: each job's latest run, as it is now.
+    let mut seen = Vec::new();
+    for event in &events[1..] {
+        assert_eq!(event.event, "run");
+        assert_eq!(event.id.as_deref(), Some(latest.to_string().as_str()));
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(data["kind"], "snapshot");
+        assert_eq!(data["run"]["state"], "succeeded");
+        seen.push(
+            data["run"]["id"]
+                .as_str()
+                .unwrap()
+                .parse::<pulse_etl::RunId>()
+                .unwrap(),
+        );
+    }
+    seen.sort_by_key(ToString::to_string);
+    runs.sort_by_key(ToString::to_string);
+    assert_eq!(seen, runs);
+    // Then the live events, after the latest id.
+    let started = app.post("/api/v1/jobs/jira_sync/start", "").await;
+    let events = next_events(&mut body, &mut decoder, 1).await;
+    assert_eq!(events[0].event, "run");
+    assert!(events[0].id.as_deref().unwrap().parse::<i64>().unwrap() > latest);
+    let data: Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(data["run"]["id"], started.body["run_id"]);
+
+    // A subscriber resuming after the mark gets no reset: nothing it missed is gone.
+    let mut body = subscribe(&app, Some(&through.to_string())).await;
+    let mut decoder = SseDecoder::new();
+    let events = next_events(&mut body, &mut decoder, 1).await;
+    assert_eq!(events[0].event, "run");
+}

@@ -347,6 +347,94 @@ async fn run_history_is_newest_first_and_limited() {
     }
 }
 
+/// Found by Schemathesis: `limit` was documented as an int32, so 2^31 (which the server
+/// reads and clamps) looked like an invalid value the server accepted. The document now
+/// states the range the server reads, and the server keeps refusing what lies outside.
+#[tokio::test]
+async fn the_runs_limit_range_is_the_documented_one() {
+    let doc = serde_json::to_value(pulse_etl::api::etl_openapi()).unwrap();
+    let params = doc["paths"]["/api/v1/jobs/{name}/runs"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
+    assert_eq!(limit["schema"]["minimum"], 1);
+    assert_eq!(limit["schema"]["maximum"], 4_294_967_295_u64);
+    // Found next: the first fix made `limit` required, yet the default page is served.
+    assert_ne!(limit["required"], true);
+    let app = api_only().await;
+    for (query, status) in [
+        ("limit=2147483648", StatusCode::OK),
+        ("limit=4294967295", StatusCode::OK),
+        ("limit=4294967296", StatusCode::BAD_REQUEST),
+    ] {
+        let answer = app
+            .get(&format!("/api/v1/jobs/jira_sync/runs?{query}"))
+            .await;
+        assert_eq!(answer.status, status, "{query}");
+    }
+}
+
+/// Found by Schemathesis: an unknown query parameter was ignored (a misspelt `limt=5`
+/// silently served the default page); it is a 400 now.
+#[tokio::test]
+async fn an_unknown_query_parameter_is_a_400() {
+    let app = api_only().await;
+    let answer = app.get("/api/v1/jobs/jira_sync/runs?limt=5").await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&answer), "bad_request");
+}
+
+/// Found by Schemathesis: the optional start body was documented as nullable, but a
+/// `null` body is (and stays) a 400; the body is optional, not nullable.
+#[tokio::test]
+async fn the_start_body_is_optional_not_nullable() {
+    let doc = serde_json::to_value(pulse_etl::api::etl_openapi()).unwrap();
+    let body = &doc["paths"]["/api/v1/jobs/{name}/start"]["post"]["requestBody"];
+    assert_eq!(body["required"], false);
+    assert_eq!(
+        body["content"]["application/json"]["schema"],
+        serde_json::json!({"$ref": "#/components/schemas/StartJobBody"})
+    );
+    let app = api_only().await;
+    assert_eq!(
+        app.post("/api/v1/jobs/jira_sync/start", "").await.status,
+        StatusCode::ACCEPTED
+    );
+    let answer = app.post("/api/v1/jobs/jira_sync/start", "null").await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+}
+
+/// Found by Schemathesis: the run history of an unknown job answers 422 `unknown_job`,
+/// which the document did not list; and `params` of any JSON type looked valid while
+/// the jobs refuse everything but an object (or null).
+#[tokio::test]
+async fn the_document_lists_what_the_runs_and_start_routes_answer() {
+    let doc = serde_json::to_value(pulse_etl::api::etl_openapi_for_jobs(&["jira_sync"])).unwrap();
+    let runs = &doc["paths"]["/api/v1/jobs/{name}/runs"]["get"];
+    assert!(runs["responses"]["422"].is_object());
+    let name = runs["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "name");
+    assert_eq!(
+        name.unwrap()["schema"]["enum"],
+        serde_json::json!(["jira_sync"])
+    );
+    let app = api_only().await;
+    let answer = app.get("/api/v1/jobs/no_such_job/runs").await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_code(&answer), "unknown_job");
+
+    let params = &doc["components"]["schemas"]["StartJobBody"]["properties"]["params"];
+    assert_eq!(params["type"], serde_json::json!(["object", "null"]));
+    let answer = app
+        .post("/api/v1/jobs/jira_sync/start", r#"{"params": 0}"#)
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&answer), "invalid_params");
+}
+
 #[tokio::test]
 async fn cancel_answers_202_then_409_once_finished() {
     let app = api_only().await;

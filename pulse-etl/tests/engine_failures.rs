@@ -1,4 +1,6 @@
-//! Retries with backoff, fatal errors, panics, timeouts, cancels and checkpoints.
+//! Retries with backoff, fatal errors, panics, timeouts, cancels and checkpoints — on
+//! the in-memory store in virtual time (`start_paused`, a wall clock following tokio's),
+//! so backoffs and grace periods pass without waiting and every run decides alike.
 
 mod engine_support;
 
@@ -7,20 +9,28 @@ use std::time::Duration;
 
 use engine_support::{ScriptJob, fast_config, wait_for_state, wait_until};
 use pulse_etl::{
-    JobEngine, JobRegistry, JobStore, RetryPolicy, RunState, SqliteStore, StartRequest,
+    JobEngine, JobRegistry, JobStore, MemoryStore, RetryPolicy, RunState, StartRequest,
+    TokioWallClock,
 };
 use serde_json::{Value, json};
 
 async fn engine_with(job: ScriptJob) -> (JobEngine, Arc<dyn JobStore>) {
-    let store = SqliteStore::open_in_memory().await.unwrap().into_dyn();
+    let store = MemoryStore::new().into_dyn();
     let engine = JobEngine::launch(
         Arc::clone(&store),
         JobRegistry::new().with_job(job),
-        fast_config(),
+        virtual_time(),
     )
     .await
     .unwrap();
     (engine, store)
+}
+
+/// [`fast_config`] on a wall clock that follows tokio's paused one.
+fn virtual_time() -> pulse_etl::EngineConfig {
+    fast_config().with_clock(Arc::new(TokioWallClock::new(
+        time::OffsetDateTime::now_utc(),
+    )))
 }
 
 async fn run_script(engine: &JobEngine, params: Value) -> pulse_etl::Run {
@@ -38,7 +48,7 @@ fn outcomes(attempts: &[pulse_etl::Attempt]) -> Vec<&str> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn retryable_errors_are_retried_with_backoff_until_success() {
     let (engine, _store) = engine_with(ScriptJob::new("job")).await;
     let run = run_script(&engine, json!({"fail_attempts": 2, "steps": 1})).await;
@@ -56,7 +66,7 @@ async fn retryable_errors_are_retried_with_backoff_until_success() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_run_out_of_attempts_fails_with_the_last_error() {
     let job = ScriptJob::new("job").with_policy(
         RetryPolicy::default()
@@ -71,7 +81,7 @@ async fn a_run_out_of_attempts_fails_with_the_last_error() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn fatal_errors_are_not_retried() {
     let (engine, _store) = engine_with(ScriptJob::new("job")).await;
     let run = run_script(&engine, json!({"fatal": true})).await;
@@ -81,7 +91,7 @@ async fn fatal_errors_are_not_retried() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_panicking_attempt_is_retried() {
     let (engine, _store) = engine_with(ScriptJob::new("job")).await;
     let run = run_script(&engine, json!({"panic": true, "fail_attempts": 1})).await;
@@ -98,7 +108,7 @@ async fn a_panicking_attempt_is_retried() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_timed_out_attempt_is_aborted_and_retried() {
     let job = ScriptJob::new("job").with_timeout(Duration::from_millis(200));
     let (engine, _store) = engine_with(job).await;
@@ -122,7 +132,7 @@ async fn a_timed_out_attempt_is_aborted_and_retried() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_cooperative_job_stops_when_cancelled() {
     let (engine, store) = engine_with(ScriptJob::new("job")).await;
     let started = engine
@@ -138,7 +148,7 @@ async fn a_cooperative_job_stops_when_cancelled() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_job_ignoring_its_cancel_is_aborted_after_the_grace() {
     let job = ScriptJob::new("job");
     let release = Arc::clone(&job.release);
@@ -163,13 +173,13 @@ async fn a_job_ignoring_its_cancel_is_aborted_after_the_grace() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_waiting_run_is_cancelled_at_once() {
-    let store = SqliteStore::open_in_memory().await.unwrap().into_dyn();
+    let store = MemoryStore::new().into_dyn();
     let engine = JobEngine::launch(
         Arc::clone(&store),
         JobRegistry::new().with_job(ScriptJob::new("job")),
-        fast_config().with_concurrency(0),
+        virtual_time().with_concurrency(0),
     )
     .await
     .unwrap();
@@ -183,7 +193,7 @@ async fn a_waiting_run_is_cancelled_at_once() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_retried_attempt_resumes_from_the_checkpoint() {
     let (engine, _store) = engine_with(ScriptJob::new("job")).await;
     let run = run_script(

@@ -175,3 +175,32 @@ async fn three_instances_fire_each_schedule_slot_once() {
     drop(store);
     schema.drop_schema().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (PULSE_TEST_DATABASE_URL)"]
+async fn missed_slots_are_caught_up_across_a_restart() {
+    use time::macros::datetime;
+    let schema = Schema::new();
+    let caught_up = [
+        datetime!(2026-01-01 10:30 UTC),
+        datetime!(2026-01-01 10:40 UTC),
+    ];
+    let slots = engine_support::catch_up_across_a_restart(
+        || schema.store(),
+        pulse_etl::CatchUp::All { max: 2 },
+        &caught_up,
+    )
+    .await;
+    let expected: Vec<_> = [
+        datetime!(2026-01-01 09:50 UTC),
+        datetime!(2026-01-01 10:00 UTC),
+        datetime!(2026-01-01 10:30 UTC),
+        datetime!(2026-01-01 10:40 UTC),
+        datetime!(2026-01-01 10:50 UTC),
+    ]
+    .into_iter()
+    .map(|slot| (slot, true))
+    .collect();
+    assert_eq!(slots, expected);
+    schema.drop_schema().await;
+}

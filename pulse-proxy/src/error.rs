@@ -264,6 +264,8 @@ impl ProxyError {
     /// error; then the well-known errors of hyper, hyper-util, tower and the standard
     /// library are recognised; anything else is a [`ProxyError::Protocol`] error.
     pub fn classify(err: &(dyn StdError + 'static)) -> Self {
+        // Set from hyper-util's client error, the only one that tells a connect failure.
+        #[cfg_attr(not(feature = "http"), allow(unused_mut))]
         let mut connect = false;
         let mut current: Option<&(dyn StdError + 'static)> = Some(err);
         while let Some(e) = current {
@@ -295,6 +297,7 @@ impl ProxyError {
                     retry_after: open.retry_after(),
                 };
             }
+            #[cfg(feature = "http")]
             if let Some(client) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
                 connect |= client.is_connect();
             }

@@ -51,9 +51,11 @@
 //!    transport resends only requests that never reached the upstream, or idempotent
 //!    ones whose small bodies it buffered, under a retry budget. An upstream's own 5xx
 //!    answer is never retried.
-//! 9. **Load balancing** (feature `balance`): [`balance`] builds a power-of-two-choices
-//!    balancer over several upstreams, each behind its own pulse-breaker circuit
-//!    breaker.
+//! 9. **Load balancing** (feature `balance`): [`balance::Pool`] is a transport over
+//!    several instances of the upstream: power-of-two-choices, a pulse-breaker circuit
+//!    breaker per instance, passive outlier ejection, and one retry on another
+//!    instance for requests that never reached theirs or are idempotent, under a retry
+//!    budget.
 //!
 //! A **transport** is any `tower::Service<http::Request<B>>`; see [`transport`] for the
 //! pooled HTTP client, the Unix-socket client and the in-process one.
@@ -113,19 +115,24 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `http` | yes | [`transport::HttpTransport`], the pooled hyper-util client |
-//! | `unix` | yes | [`transport::UnixTransport`] (unix only) |
-//! | `tls` | no | `HttpTransport::https`: rustls to `https://` upstreams |
-//! | `retry` | yes | [`retry::RetryLayer`]: budgeted retries of safe requests |
-//! | `breaker` | yes | pulse-breaker's `BreakerOpen` (from a breaker around the transport) becomes [`ProxyError::CircuitOpen`]: 503 + `Retry-After`; `UpstreamClassifier` for that breaker |
-//! | `balance` | yes | [`balance`]: p2c load balancing with a breaker per upstream (implies `breaker`) |
+//! | `unix` | no | [`transport::UnixTransport`] (unix only; implies `http`) |
+//! | `tls` | no | `HttpTransport::https`: rustls to `https://` upstreams (implies `http`) |
+//! | `retry` | no | [`retry::RetryLayer`]: budgeted retries of safe requests |
+//! | `breaker` | no | pulse-breaker's `BreakerOpen` (from a breaker around the transport) becomes [`ProxyError::CircuitOpen`]: 503 + `Retry-After`; `UpstreamClassifier` for that breaker |
+//! | `balance` | no | [`balance::Pool`]: p2c over instances, a breaker each, outlier ejection, retries on another instance (implies `breaker`) |
 //! | `axum` | no | the client address from axum's `ConnectInfo<SocketAddr>` |
-//! | `redis` | no | `cache::RedisStore`: a response cache shared by several gateways |
+//! | `cache` | no | [`cache`]: the response cache (moka in memory) |
+//! | `cache-redis` | no | `cache::RedisStore`: a response cache shared by several gateways (`redis`: its former name) |
 //! | `full` | no | all of the above |
+//!
+//! Without default features the core (the rules above, identity injection, upgrades,
+//! [`transport::InProcessTransport`]) depends on pulse-core's core only: no JWT, no cache.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod body;
+#[cfg(feature = "cache")]
 pub mod cache;
 mod config;
 pub mod error;
@@ -156,3 +163,8 @@ pub use future::ResponseFuture;
 pub use headers::{ClientAddr, ForwardedPolicy, HostPolicy};
 pub use path::{PrefixRewrite, check_path};
 pub use service::{Proxy, ProxyLayer, ProxyResponseBody};
+
+/// The README's Rust blocks, compiled and run as doctests (they use these features).
+#[cfg(all(doctest, feature = "http", feature = "breaker"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -15,7 +15,9 @@
 //! plus 20 % of the recent successful requests), so an outage cannot multiply the load.
 //! An answer from the upstream — a 502 or a 503 included — is never retried: it is a
 //! response, not a transport failure. A full pool or an open circuit is not retried
-//! either; failing fast is their purpose.
+//! either; failing fast is their purpose. Over several instances of the upstream,
+//! `balance::Pool` (feature `balance`) sends such a request to *another* instance
+//! instead, where an open circuit or a full pool is worth retrying.
 //!
 //! ```
 //! use pulse_proxy::{Proxy, ProxyConfig, retry::RetryLayer, transport::InProcessTransport};

@@ -626,7 +626,7 @@ macro_rules! suite {
             )*
         }
 
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "cache-redis")]
         mod redis_store {
             $(
                 #[tokio::test]
@@ -781,7 +781,7 @@ async fn a_complete_body_dropped_during_its_write_is_still_stored() {
     assert_eq!(h.upstream.calls("/items"), 1);
 }
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "cache-redis")]
 mod redis {
     use super::*;
     use pulse_proxy::cache::RedisStore;

@@ -20,7 +20,7 @@ use pulse_breaker::{Breaker, BreakerConfig, CircuitBreaker};
 use pulse_core::Identity;
 use pulse_proxy::{
     Proxy, ProxyConfig, ProxyError, ProxyRequestBody,
-    balance::balance,
+    balance::Pool,
     retry::RetryLayer,
     transport::{HttpTransport, InProcessTransport, TransportConfig, UnixTransport},
 };
@@ -147,7 +147,7 @@ async fn wiremock_upstream_receives_exactly_the_expected_headers() {
     assert_eq!(got.headers.get_all("x-user-id").iter().count(), 1);
 }
 
-type Upstream = tower::util::BoxCloneService<
+type Upstream = tower::util::BoxCloneSyncService<
     Request<ProxyRequestBody<ClientBody>>,
     Response<Full<Bytes>>,
     ProxyError,
@@ -155,7 +155,7 @@ type Upstream = tower::util::BoxCloneService<
 
 /// An upstream that fails its first `fail` calls with `err`, then answers 200.
 fn flaky(fail: usize, err: ProxyError, calls: Arc<AtomicUsize>) -> Upstream {
-    tower::util::BoxCloneService::new(service_fn(
+    tower::util::BoxCloneSyncService::new(service_fn(
         move |req: Request<ProxyRequestBody<ClientBody>>| {
             let n = calls.fetch_add(1, Ordering::SeqCst);
             let err = err.clone();
@@ -303,19 +303,19 @@ async fn balancer_avoids_the_instance_whose_circuit_is_open() {
     let (a_calls, b_calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let a_breaker = Breaker::new(BreakerConfig::default()).unwrap();
     a_breaker.force_open();
-    let transport = balance(
-        [
-            (
-                InProcessTransport::new(flaky(0, ProxyError::Protocol, a_calls.clone())),
-                a_breaker,
-            ),
-            (
-                InProcessTransport::new(flaky(0, ProxyError::Protocol, b_calls.clone())),
-                Breaker::new(BreakerConfig::default()).unwrap(),
-            ),
-        ],
-        64,
-    );
+    let transport = Pool::builder()
+        .instance(
+            "a",
+            InProcessTransport::new(flaky(0, ProxyError::Protocol, a_calls.clone())),
+            a_breaker,
+        )
+        .instance(
+            "b",
+            InProcessTransport::new(flaky(0, ProxyError::Protocol, b_calls.clone())),
+            Breaker::new(BreakerConfig::default()).unwrap(),
+        )
+        .build()
+        .unwrap();
     let proxy = Proxy::new(
         transport,
         ProxyConfig::new("http://etl".parse().unwrap()).unwrap(),

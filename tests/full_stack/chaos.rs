@@ -616,6 +616,9 @@ async fn chaos_kills_and_freezes_lose_nothing() {
                     SWEEP_MS,
                     "--github-every-secs",
                     &SCHEDULE_SECS.to_string(),
+                    // A comment on idle event streams, so a hub notices a freeze.
+                    "--events-keep-alive-ms",
+                    "500",
                     "etl",
                 ]
                 .map(str::to_owned),
@@ -666,6 +669,9 @@ async fn chaos_kills_and_freezes_lose_nothing() {
                     // Events happen while a hub moves: only its resume brings them.
                     "--ws-resubscribe-delay-ms",
                     "300",
+                    // A frozen instance's stream goes silent: the hub moves after 2 s.
+                    "--ws-upstream-idle-ms",
+                    "2000",
                     "backend",
                 ]
                 .map(str::to_owned),

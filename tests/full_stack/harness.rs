@@ -256,6 +256,7 @@ impl TestStack {
             None => Full::default(),
         };
         let request = builder.body(body).expect("valid request");
+        let (method, uri) = (request.method().clone(), request.uri().to_string());
         let response = tokio::time::timeout(DEADLINE, self.http.request(request))
             .await
             .expect("answer in time")
@@ -269,10 +270,30 @@ impl TestStack {
             .to_bytes();
         let body = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if self.serves_the_contract(&uri) {
+            crate::contract::check(&method, &uri, status, &headers, &body);
+        }
         Answer {
             status,
             headers,
             body,
+        }
+    }
+
+    /// Whether `url` is an operation of the OpenAPI documents: the gateway's and the
+    /// ETL's listeners, and the frontend's `/api/*` (proxied to the gateway); not the
+    /// metrics listener, nor the frontend's own pages and `/health`.
+    fn serves_the_contract(&self, url: &str) -> bool {
+        let on = |addr: std::net::SocketAddr| url.starts_with(&format!("http://{addr}/"));
+        let backend = self.stack.backend.as_ref();
+        if backend.is_some_and(|b| on(b.metrics.addr)) {
+            return false;
+        }
+        match &self.stack.frontend {
+            Some(frontend) if on(frontend.addr) => {
+                url.starts_with(&format!("http://{}/api/", frontend.addr))
+            }
+            _ => true,
         }
     }
 
@@ -345,6 +366,7 @@ pub(crate) async fn exchange(
     client: &Client<HttpConnector, Full<Bytes>>,
     request: Request<Full<Bytes>>,
 ) -> Answer {
+    let (method, uri) = (request.method().clone(), request.uri().to_string());
     let response = tokio::time::timeout(DEADLINE, client.request(request))
         .await
         .expect("answer in time")
@@ -358,6 +380,7 @@ pub(crate) async fn exchange(
         .to_bytes();
     let body = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    crate::contract::check(&method, &uri, status, &headers, &body);
     Answer {
         status,
         headers,

@@ -11,6 +11,9 @@ mod stack;
 
 mod harness;
 
+mod contract;
+mod openapi;
+
 mod accounts;
 mod admin;
 mod auth;
@@ -23,6 +26,7 @@ mod jobs;
 mod listeners;
 mod login;
 mod outage;
+mod pg_restart;
 mod postgres;
 mod prometheus;
 mod retry_after;

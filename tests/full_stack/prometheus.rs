@@ -86,6 +86,7 @@ async fn client_chosen_methods_and_paths_do_not_become_labels() {
         "/api/admin/roles/{name}",
         "/api/admin/audit",
         "/api/admin/{*rest}",
+        "/api/openapi.json",
         "/api/etl/jobs/status",
         "/api/etl/{*path}",
         "/ws/job-status",

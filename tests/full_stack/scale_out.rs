@@ -113,19 +113,16 @@ async fn the_gateway_balances_over_etl_instances_and_survives_one_stopped() {
     assert_eq!(run.status, StatusCode::OK, "{}", run.body);
 
     let pool = &gateway.stack.backend.as_ref().expect("backend").etl;
-    let retries = pool
-        .stats()
-        .retries
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let retries = pool.stats().retries();
     assert!(
         retries >= 1,
         "the dead instance was met and retried away from"
     );
     assert!(
-        pool.instances()[0].ejected(),
+        pool.instances()[0].is_ejected(),
         "the dead instance is ejected"
     );
-    assert!(!pool.instances()[1].ejected());
+    assert!(!pool.instances()[1].is_ejected());
 
     let health = gateway
         .call(Method::GET, &format!("{back}/health"), None, None, &[])

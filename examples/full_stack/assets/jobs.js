@@ -181,6 +181,12 @@ function createCard(name) {
   refs.badge = v.stateBadge("idle");
   refs.desc = h("p", { class: "job-desc" });
   refs.schedule = h("dd", { class: "job-schedule" });
+  refs.nextSlot = h("dd", { class: "job-next-slot", "data-testid": "next-slot" });
+  refs.lastSlot = h("dd", { class: "job-last-slot", "data-testid": "last-slot" });
+  refs.slots = [
+    h("div", {}, h("dt", {}, "Next slot"), refs.nextSlot),
+    h("div", {}, h("dt", {}, "Last slot"), refs.lastSlot),
+  ];
   refs.lastRun = h("dd", { class: "job-last-run", "data-testid": "last-run" });
   refs.duration = h("dd", { class: "job-duration", "data-testid": "duration" });
   refs.runId = h("dd", { class: "job-run-id mono" });
@@ -207,6 +213,7 @@ function createCard(name) {
       h("div", {}, h("dt", {}, "Last run"), refs.lastRun),
       h("div", {}, h("dt", {}, "Duration"), refs.duration),
       h("div", {}, h("dt", {}, "Schedule"), refs.schedule),
+      ...refs.slots,
       h("div", {}, h("dt", {}, "Run"), refs.runId)),
     h("div", { class: "job-progress" },
       refs.progress,
@@ -228,6 +235,12 @@ export function updateCard(job) {
   setText(refs.desc, job.description || "");
   refs.desc.hidden = !job.description;
   setText(refs.schedule, job.schedule || "manual");
+  refs.schedule.title = job.catch_up ? `Missed slots: ${job.catch_up}` : "";
+  for (const el of refs.slots) el.hidden = !job.schedule;
+  setText(refs.nextSlot, job.next_slot ? v.formatClock(job.next_slot) : "—");
+  refs.nextSlot.title = job.next_slot ? v.formatAbsolute(job.next_slot) : "";
+  setText(refs.lastSlot, job.last_slot ? v.formatRelative(job.last_slot) : "none yet");
+  refs.lastSlot.title = job.last_slot ? v.formatAbsolute(job.last_slot) : "";
   const started = run && (run.started_at || run.created_at);
   setText(refs.lastRun, run ? v.formatRelative(started) : "never");
   refs.lastRun.title = run ? v.formatAbsolute(started) : "";

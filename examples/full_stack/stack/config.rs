@@ -238,6 +238,24 @@ pub struct Options {
     #[arg(long, env = "PULSE_GITHUB_EVERY_SECS", hide = true,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub github_every_secs: Option<u64>,
+    /// ETL: days finished runs and their logs are kept (the latest run of each job
+    /// always is); 0 keeps everything.
+    #[arg(long, env = "PULSE_RETENTION_DAYS", default_value_t = 90)]
+    pub retention_days: u32,
+    /// ETL: days events (state changes, progress: the live feed's history) are kept, at
+    /// most `--retention-days`.
+    #[arg(long, env = "PULSE_EVENT_RETENTION_DAYS", default_value_t = 7,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub event_retention_days: u32,
+    /// ETL: what `github_sync`'s schedule does with slots missed while no instance ran:
+    /// `skip`, `latest` (one run, for the newest) or `all:<n>` (the newest n, in order).
+    #[arg(
+        long,
+        env = "PULSE_GITHUB_CATCH_UP",
+        default_value = "latest",
+        hide = true
+    )]
+    pub github_catch_up: pulse_etl::CatchUp,
     /// Gateway: how long the WebSocket hub waits before subscribing to another ETL
     /// instance when its event stream broke, in milliseconds (tests: events happen
     /// during the switch, and must be replayed).
@@ -248,6 +266,16 @@ pub struct Options {
         hide = true
     )]
     pub ws_resubscribe_delay_ms: u64,
+    /// ETL: how often an idle event stream sends a keep-alive comment, in milliseconds.
+    #[arg(long, env = "PULSE_EVENTS_KEEP_ALIVE_MS", default_value_t = 15_000,
+        value_parser = clap::value_parser!(u64).range(100..))]
+    pub events_keep_alive_ms: u64,
+    /// Gateway: how long the WebSocket hub's ETL event stream may send nothing (not even
+    /// a keep-alive comment) before the hub takes it for dead and resubscribes to
+    /// another instance, in milliseconds; keep it a few ETL keep-alive intervals.
+    #[arg(long, env = "PULSE_WS_UPSTREAM_IDLE_MS", default_value_t = 45_000,
+        value_parser = clap::value_parser!(u64).range(100..))]
+    pub ws_upstream_idle_ms: u64,
     /// How long the circuit to the ETL service stays open, in milliseconds.
     #[arg(long, env = "PULSE_BREAKER_OPEN_MS", default_value_t = 5000)]
     pub breaker_open_ms: u64,

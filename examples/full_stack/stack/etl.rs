@@ -26,6 +26,9 @@ use super::serve::{Running, serve};
 pub const INTERNAL_TOKEN_ISSUER: &str = "pulse-gateway";
 /// The audience of internal tokens (this service).
 pub const INTERNAL_TOKEN_AUDIENCE: &str = "pulse-etl";
+/// The jobs `register_seed_jobs` registers, sorted: the gateway's document names them
+/// (a test checks them against the ETL's registry).
+pub const SEED_JOBS: [&str; 2] = ["github_sync", "jira_sync"];
 
 /// The running ETL service.
 #[derive(Debug)]
@@ -64,6 +67,12 @@ pub async fn start(
         .with_lease(lease)
         .with_heartbeat_interval(lease / 3)
         .with_sweep_interval(Duration::from_millis(options.etl_sweep_ms));
+    let config = match options.retention_days {
+        0 => config.without_retention(),
+        days => config.with_retention(pulse_etl::Retention::days(days).with_events(
+            Duration::from_secs(86_400 * u64::from(options.event_retention_days.min(days))),
+        )),
+    };
     let engine = JobEngine::launch(store, registry, config)
         .await
         .context("starting the job engine")?;
@@ -80,6 +89,9 @@ pub async fn start(
             "GitHub issues and pull requests → normalised items (Link pagination)",
         )
         .with_internal_auth(internal_auth(secrets)?)
+        // Idle event streams carry a comment this often: gateways tell a quiet stream
+        // from a frozen instance by it (PULSE_WS_UPSTREAM_IDLE_MS).
+        .with_keep_alive(Duration::from_millis(options.events_keep_alive_ms))
         .into_router();
     let router = Router::new()
         .merge(api)
@@ -187,7 +199,8 @@ async fn seed_jobs(options: &Options) -> anyhow::Result<(SeedJobsConfig, Option<
     if let Some(every) = options.github_every_secs {
         github = github.with_schedule(
             pulse_etl::Schedule::every(Duration::from_secs(every))
-                .context("--github-every-secs")?,
+                .context("--github-every-secs")?
+                .with_catch_up(options.github_catch_up),
         );
     }
     if let Some(token) = &options.github_token {

@@ -11,11 +11,11 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use pulse_breaker::{Backoff, Breaker, BreakerConfig, CircuitBreakerLayer};
+use pulse_breaker::{Backoff, Breaker, BreakerConfig};
 use pulse_core::RequestIdLayer;
 use pulse_core::internal_auth::{InternalCredentialLayer, KeyRing};
 use pulse_proxy::transport::{HttpTransport, TransportBody, TransportConfig};
-use pulse_proxy::{ClientAddr, Proxy, ProxyConfig, ProxyError, UpstreamClassifier};
+use pulse_proxy::{ClientAddr, Proxy, ProxyConfig};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::util::BoxCloneSyncService;
@@ -25,7 +25,7 @@ use tracing::Level;
 
 use super::config::{Options, Secrets};
 use super::serve::{Running, serve};
-use super::upstream::Pool;
+use super::upstream::UpstreamPool;
 
 /// The Content-Security-Policy of every answer.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -69,9 +69,10 @@ pub fn router(
     breaker_open: Duration,
 ) -> anyhow::Result<Router> {
     let urls = super::upstream::parse_urls(backend_url, "PULSE_BACKEND_URL")?;
-    // One transport stack per gateway, balanced (p2c, a breaker and outlier ejection
-    // each); a request that failed safely goes once more to another gateway.
-    let mut instances = Vec::with_capacity(urls.len());
+    // One transport stack per gateway, balanced by pulse-proxy's pool (p2c, a breaker
+    // and outlier ejection each); a request that failed safely goes once more to
+    // another gateway.
+    let mut pool = super::upstream::builder("backend");
     for url in &urls {
         let breaker = Breaker::new(
             BreakerConfig::default()
@@ -80,12 +81,8 @@ pub fn router(
                 .with_backoff(Backoff::constant(breaker_open)),
         )
         .map_err(|e| anyhow::anyhow!("breaker configuration: {e}"))?;
+        // Below the breaker the pool puts around it.
         let transport = ServiceBuilder::new()
-            .map_err(|error: tower::BoxError| ProxyError::classify(&*error))
-            .layer(
-                CircuitBreakerLayer::new(breaker.clone())
-                    .with_classifier(UpstreamClassifier::new()),
-            )
             // The gateway throttles logins per client address: the key proves that this
             // hop's X-Forwarded-For (the browser's address, written by the proxy after
             // dropping any the browser sent) can be believed.
@@ -101,13 +98,13 @@ pub fn router(
                 )
                 .with_upstream(url.clone()),
             );
-        instances.push((
+        pool = pool.instance(
             super::upstream::base_url(url),
             BoxCloneSyncService::new(transport),
             breaker,
-        ));
+        );
     }
-    let transport: GatewayPool = Pool::new("backend", instances)?;
+    let transport: GatewayPool = pool.build()?;
     let gateways = transport.clone();
     let config = ProxyConfig::new(urls[0].clone())
         .map_err(|_| anyhow::anyhow!("PULSE_BACKEND_URL must be http(s)://host:port"))?
@@ -192,7 +189,7 @@ pub fn router(
 }
 
 /// The frontend's balanced gateways.
-type GatewayPool = Pool<axum::body::Body, TransportBody>;
+type GatewayPool = UpstreamPool<axum::body::Body, TransportBody>;
 
 /// How long `/health` waits for each gateway.
 const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -224,16 +221,16 @@ async fn health(gateways: GatewayPool) -> Response {
     });
     let answers = futures_util::future::join_all(probes).await;
     let listed: Vec<serde_json::Value> = gateways
-        .instances()
-        .iter()
+        .status()
+        .into_iter()
         .zip(&answers)
         .map(|(instance, answer)| {
             let up = answer.as_ref().is_some_and(|a| a.0 == StatusCode::OK);
             serde_json::json!({
-                "url": instance.url(),
+                "url": instance.name,
                 "status": if up { "healthy" } else { "unhealthy" },
-                "circuit": instance.breaker().state().to_string(),
-                "ejected": instance.ejected(),
+                "circuit": instance.circuit.to_string(),
+                "ejected": instance.ejected_for.is_some(),
             })
         })
         .collect();

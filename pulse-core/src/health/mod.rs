@@ -365,6 +365,58 @@ impl Serialize for HealthReport {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for HealthReport {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let status = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["healthy", "unhealthy"]))
+        };
+        let service = ObjectBuilder::new()
+            .property("status", status())
+            .property(
+                "reason",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("Why it is unhealthy")),
+            )
+            .property(
+                "latency_ms",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .required("status")
+            .required("latency_ms");
+        ObjectBuilder::new()
+            .description(Some(
+                "The aggregated report: each check's outcome by name, healthy only when all are",
+            ))
+            .property("status", status())
+            .property(
+                "services",
+                ObjectBuilder::new().additional_properties(Some(service)),
+            )
+            .property(
+                "timestamp",
+                ObjectBuilder::new().schema_type(Type::String).format(Some(
+                    utoipa::openapi::SchemaFormat::KnownFormat(
+                        utoipa::openapi::KnownFormat::DateTime,
+                    ),
+                )),
+            )
+            .required("status")
+            .required("services")
+            .required("timestamp")
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for HealthReport {}
+
 #[cfg(feature = "axum")]
 impl axum::response::IntoResponse for HealthReport {
     fn into_response(self) -> axum::response::Response {

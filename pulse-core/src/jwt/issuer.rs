@@ -53,11 +53,13 @@ pub struct TokenIssuer {
 /// A freshly issued token, serialisable as the login answer
 /// `{"access_token", "token_type": "Bearer", "expires_in"}`.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub struct IssuedToken {
     /// The signed token.
     pub access_token: String,
     /// Always `"Bearer"`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^Bearer$"))]
     pub token_type: &'static str,
     /// Seconds until the token expires.
     pub expires_in: u64,

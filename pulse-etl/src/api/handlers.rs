@@ -11,6 +11,11 @@ use serde::Deserialize;
 use super::ApiState;
 use super::error::{ErrorResponse, IDEMPOTENCY_KEY_REUSED};
 use super::extract::{IdempotencyKey, JsonBody, PathParams, QueryParams};
+#[allow(unused_imports)] // named by the `#[utoipa::path]` annotations
+use super::openapi::{
+    BadRequest, CancelConflict, Internal, InternalAuthRequired, PayloadTooLarge, RunNotFound,
+    StartConflict, StartRefused, Unavailable, UnknownJob, UnsupportedMediaType,
+};
 use super::types::{
     CancelResponse, JobState, JobStatusView, JobView, JobsResponse, LogEntry, LogsResponse,
     RunsResponse, StartJobBody, StartNamedJobBody, StartResponse, StatusResponse,
@@ -34,6 +39,17 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Response {
 }
 
 /// `GET /api/v1/jobs`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    responses(
+        (status = 200, description = "Every registered job with its latest run", body = JobsResponse),
+        (status = 403, response = InternalAuthRequired),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn list_jobs(State(state): State<ApiState>) -> ApiResult<Json<JobsResponse>> {
     let jobs = state
         .engine
@@ -52,6 +68,17 @@ pub(crate) async fn list_jobs(State(state): State<ApiState>) -> ApiResult<Json<J
 }
 
 /// `GET /api/v1/jobs/status`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/status",
+    tag = "jobs",
+    responses(
+        (status = 200, description = "The status summary the dashboard polls", body = StatusResponse),
+        (status = 403, response = InternalAuthRequired),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn job_status(State(state): State<ApiState>) -> ApiResult<Json<StatusResponse>> {
     let summary = state.engine.status_summary().await?;
     let jobs = state
@@ -80,6 +107,29 @@ pub(crate) async fn job_status(State(state): State<ApiState>) -> ApiResult<Json<
 }
 
 /// `POST /api/v1/jobs/{name}/start`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{name}/start",
+    tag = "jobs",
+    params(
+        ("name" = String, Path, description = "A registered job's name"),
+        ("idempotency-key" = Option<String>, Header, max_length = 255, min_length = 1, pattern = r"^[\x21-\x7E]+$",
+            description = "Makes a retried start return the first answer: 1 to 255 visible ASCII characters"),
+    ),
+    request_body(content = StartJobBody, description = "Optional: an empty body means `{}`", content_type = "application/json"),
+    responses(
+        (status = 202, description = "The run is committed (a replayed Idempotency-Key answers the first run, with `Idempotent-Replayed: true`)", body = StartResponse,
+            headers(("idempotent-replayed" = String, description = "`true` on a replayed Idempotency-Key"))),
+        (status = 400, response = StartRefused),
+        (status = 409, response = StartConflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = UnknownJob),
+        (status = 403, response = InternalAuthRequired),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn start_job(
     State(state): State<ApiState>,
     PathParams(job_name): PathParams<String>,
@@ -91,6 +141,28 @@ pub(crate) async fn start_job(
 }
 
 /// `POST /api/v1/jobs/start`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/start",
+    tag = "jobs",
+    params(
+        ("idempotency-key" = Option<String>, Header, max_length = 255, min_length = 1, pattern = r"^[\x21-\x7E]+$",
+            description = "Makes a retried start return the first answer: 1 to 255 visible ASCII characters"),
+    ),
+    request_body(content = StartNamedJobBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The run is committed (a replayed Idempotency-Key answers the first run, with `Idempotent-Replayed: true`)", body = StartResponse,
+            headers(("idempotent-replayed" = String, description = "`true` on a replayed Idempotency-Key"))),
+        (status = 400, response = StartRefused),
+        (status = 409, response = StartConflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = UnknownJob),
+        (status = 403, response = InternalAuthRequired),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn start_named_job(
     State(state): State<ApiState>,
     identity: Option<Identity>,
@@ -176,6 +248,20 @@ fn as_committed(run: Run) -> Run {
 }
 
 /// `GET /api/v1/runs/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/runs/{id}",
+    tag = "runs",
+    params(("id" = RunId, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run", body = Run),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+        (status = 403, response = InternalAuthRequired),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn get_run(
     State(state): State<ApiState>,
     PathParams(run_id): PathParams<RunId>,
@@ -184,12 +270,32 @@ pub(crate) async fn get_run(
 }
 
 /// The query of `GET /api/v1/jobs/{name}/runs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+// A misspelt parameter is a 400, not silently the default page.
+#[serde(deny_unknown_fields)]
 pub(crate) struct RunsQuery {
+    /// The page size: at least 1; more than 200 reads as 200 (default 20).
+    // Any u32 is read (and clamped), so not `format: int32`'s 2^31 - 1 bound.
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 4_294_967_295_u64)]
     limit: Option<u32>,
 }
 
 /// `GET /api/v1/jobs/{name}/runs?limit=`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{name}/runs",
+    tag = "runs",
+    params(("name" = String, Path, description = "A registered job's name"), RunsQuery),
+    responses(
+        (status = 200, description = "The job's runs, newest first", body = RunsResponse),
+        (status = 400, response = BadRequest),
+        (status = 422, response = UnknownJob),
+        (status = 403, response = InternalAuthRequired),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn job_runs(
     State(state): State<ApiState>,
     PathParams(job_name): PathParams<String>,
@@ -205,6 +311,21 @@ pub(crate) async fn job_runs(
 }
 
 /// `POST /api/v1/runs/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/runs/{id}/cancel",
+    tag = "runs",
+    params(("id" = RunId, Path, description = "The run's id")),
+    responses(
+        (status = 202, description = "Cancelled at once, or cancelling", body = CancelResponse),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+        (status = 409, response = CancelConflict),
+        (status = 403, response = InternalAuthRequired),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn cancel_run(
     State(state): State<ApiState>,
     PathParams(run_id): PathParams<RunId>,
@@ -226,6 +347,20 @@ pub(crate) async fn cancel_run(
 }
 
 /// `GET /api/v1/runs/{id}/logs`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/runs/{id}/logs",
+    tag = "runs",
+    params(("id" = RunId, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run's log, oldest first", body = LogsResponse),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+        (status = 403, response = InternalAuthRequired),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub(crate) async fn run_logs(
     State(state): State<ApiState>,
     PathParams(run_id): PathParams<RunId>,

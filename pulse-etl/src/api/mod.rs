@@ -13,14 +13,15 @@
 //! | `POST /api/v1/runs/{id}/cancel` | `202` [`CancelResponse`] |
 //! | `GET /api/v1/runs/{id}/logs` | `200` [`LogsResponse`] |
 //! | `GET /api/v1/events` | `text/event-stream` of [`RunUpdate`]s (`event: run`) |
+//! | `GET /api/v1/openapi.json` | `200` this API's OpenAPI 3.1 document ([`etl_openapi_for_jobs`] of the registered jobs) |
 //!
 //! Every error is JSON `{"error", "code", "request_id"}`: `400` malformed JSON, path or
-//! query (`bad_request`) or parameters the job refuses (`invalid_params`); `403`
+//! query, unknown query parameters included (`bad_request`), or parameters the job refuses (`invalid_params`); `403`
 //! without an internal credential (`internal_auth_required`); `404` unknown run
 //! (`run_not_found`) or route (`not_found`); `405`; `409` a run already active
 //! (`run_already_active`, with `run_id`) or already finished (`run_already_finished`);
 //! `413` a body over the limit (64 KiB by default); `415` a non-JSON body; `422` an
-//! unknown job naming the allowed ones (`unknown_job`); `503` shutdown
+//! unknown job naming the allowed ones (`unknown_job`, also for its run history); `503` shutdown
 //! (`shutting_down`). An `Idempotency-Key` reused for another job is a `409`
 //! (`idempotency_key_reused`).
 //!
@@ -90,12 +91,17 @@ use crate::engine::JobEngine;
 mod error;
 mod extract;
 mod handlers;
+mod openapi;
 mod sse;
 mod types;
 
 pub use extract::IDEMPOTENCY_KEY;
 pub use handlers::{DEFAULT_RUNS_LIMIT, IDEMPOTENT_REPLAYED, MAX_RUNS_LIMIT};
-pub use sse::{POSITION_EVENT, RUN_EVENT};
+pub use openapi::{
+    INTERNAL_KEY_SCHEME, INTERNAL_TOKEN_SCHEME, OPENAPI_PATH, error_response, error_schema,
+    etl_openapi, etl_openapi_for_jobs,
+};
+pub use sse::{POSITION_EVENT, RESET_EVENT, RUN_EVENT};
 pub use types::{
     CancelResponse, JobState, JobStatusView, JobView, JobsResponse, LogEntry, LogsResponse,
     RunUpdate, RunUpdateKind, RunsResponse, StartJobBody, StartNamedJobBody, StartResponse,
@@ -243,6 +249,7 @@ impl EtlApi {
             .route("/api/v1/runs/{id}/cancel", post(handlers::cancel_run))
             .route("/api/v1/runs/{id}/logs", get(handlers::run_logs))
             .route("/api/v1/events", get(sse::events))
+            .route(OPENAPI_PATH, get(openapi::openapi_json))
             // After the routes: it applies to the routes already added.
             .method_not_allowed_fallback(error::method_not_allowed)
             .fallback(error::route_not_found)

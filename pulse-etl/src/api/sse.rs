@@ -8,7 +8,11 @@
 //! A subscriber reads from the engine's broadcast channel, so a slow one never slows
 //! the engine: when it lags it skips the events it missed (and gets a comment saying
 //! how many). A client reconnecting with `Last-Event-ID` first receives every stored
-//! event after that id (read page by page), then the live ones.
+//! event after that id (read page by page), then the live ones — unless retention
+//! deleted events after that id: then it first receives `event: reset`, `id: <latest
+//! seq>`, `data: {"last_event_id": <seq>, "pruned_through": <seq>}`, then the current
+//! state (one `run` event of kind `snapshot` per job with a run, its latest, each with the
+//! same id), then the live events: never a silent gap.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -28,10 +32,22 @@ use crate::model::{LogLine, RunEvent, RunEventKind};
 pub const RUN_EVENT: &str = "run";
 /// The SSE event name of the first event of a stream opened without `Last-Event-ID`.
 pub const POSITION_EVENT: &str = "position";
+/// The SSE event name that tells a resuming subscriber its history was deleted.
+pub const RESET_EVENT: &str = "reset";
 /// How many stored events one replay read fetches.
 const MAX_REPLAY_PAGE: u32 = 500;
 
 /// `GET /api/v1/events`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    params(("last-event-id" = Option<String>, Header, description = "Resume after this event id")),
+    responses(
+        (status = 200, description = "`text/event-stream`: `event: run` with a RunUpdate as `data`; first `event: position` `{\"last_event_id\"}` without Last-Event-ID", content_type = "text/event-stream", body = String),
+        (status = 403, response = super::openapi::InternalAuthRequired),
+    ),
+)]
 pub(crate) async fn events(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -42,16 +58,32 @@ pub(crate) async fn events(
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<i64>().ok());
+    // Resuming after events that retention deleted: a reset, then the current state.
+    let pruned_through = match resume_after {
+        Some(after) => match state.engine.events_pruned_through().await {
+            Ok(through) if after < through => Some(through),
+            Ok(_) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the retention mark failed");
+                None
+            }
+        },
+        None => None,
+    };
     // A fresh subscriber starts after the latest stored event, and is told its id.
-    let position = match resume_after {
-        Some(_) => None,
-        None => match state.engine.latest_event_seq().await {
+    let position = match (resume_after, pruned_through) {
+        (Some(_), None) => None,
+        _ => match state.engine.latest_event_seq().await {
             Ok(seq) => Some(seq),
             Err(err) => {
                 tracing::warn!(error = %err, "reading the latest event id failed");
                 None
             }
         },
+    };
+    let (resume_after, reset) = match (pruned_through, position) {
+        (Some(through), Some(latest)) => (None, Some((latest, through))),
+        _ => (resume_after, None),
     };
     // Every event after `position` commits after it was read, so after the live
     // subscription: the live channel carries them all (older ones it repeats are skipped).
@@ -61,7 +93,9 @@ pub(crate) async fn events(
         backlog: VecDeque::new(),
         replaying: resume_after.is_some(),
         last_seq: resume_after.or(position).unwrap_or(i64::MIN),
-        position,
+        position: if reset.is_some() { None } else { position },
+        reset,
+        ready: VecDeque::new(),
     };
     Sse::new(futures_util::stream::unfold(feed, Feed::next))
         .keep_alive(KeepAlive::new().interval(state.keep_alive))
@@ -77,6 +111,10 @@ struct Feed {
     last_seq: i64,
     /// The `position` event still to send first.
     position: Option<i64>,
+    /// The `reset` still to send first: `(latest seq, pruned through)`.
+    reset: Option<(i64, i64)>,
+    /// Rendered events to send before anything else (the snapshot after a reset).
+    ready: VecDeque<Event>,
 }
 
 impl Feed {
@@ -86,6 +124,19 @@ impl Feed {
                 .event(POSITION_EVENT)
                 .id(seq.to_string())
                 .data(format!("{{\"last_event_id\":{seq}}}"));
+            return Some((Ok(event), self));
+        }
+        if let Some((latest, through)) = self.reset.take() {
+            self.ready = self.snapshot(latest).await;
+            let event = Event::default()
+                .event(RESET_EVENT)
+                .id(latest.to_string())
+                .data(format!(
+                    "{{\"last_event_id\":{latest},\"pruned_through\":{through}}}"
+                ));
+            return Some((Ok(event), self));
+        }
+        if let Some(event) = self.ready.pop_front() {
             return Some((Ok(event), self));
         }
         loop {
@@ -113,6 +164,33 @@ impl Feed {
                 return Some((Ok(sse), self));
             }
         }
+    }
+
+    /// The current state after a reset: each job's latest run, as `snapshot` updates
+    /// with the id `latest` (resuming after any of them continues after `latest`).
+    async fn snapshot(&self, latest: i64) -> VecDeque<Event> {
+        let jobs = match self.engine.jobs().await {
+            Ok(jobs) => jobs,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the current state after a reset failed");
+                return VecDeque::new();
+            }
+        };
+        jobs.into_iter()
+            .filter_map(|job| job.latest_run)
+            .filter_map(|run| {
+                let update = RunUpdate {
+                    kind: RunUpdateKind::Snapshot,
+                    run,
+                    log: None,
+                };
+                Event::default()
+                    .event(RUN_EVENT)
+                    .id(latest.to_string())
+                    .json_data(&update)
+                    .ok()
+            })
+            .collect()
     }
 
     /// Reads the next page of stored events after `last_seq`; a short page ends the

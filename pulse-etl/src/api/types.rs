@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use crate::model::{LogLevel, LogLine, Progress, Run, RunId, RunState};
 
 /// The state of a job in listings: its latest run's state, or `idle` when it never ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum JobState {
@@ -56,7 +57,7 @@ impl From<Option<RunState>> for JobState {
 }
 
 /// One job of `GET /api/v1/jobs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     /// The job's name.
     pub name: String,
@@ -71,14 +72,14 @@ pub struct JobView {
 }
 
 /// `GET /api/v1/jobs`: `{"jobs": [...]}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobsResponse {
     /// Every registered job, sorted by name.
     pub jobs: Vec<JobView>,
 }
 
 /// One job's entry in the [`StatusResponse`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobStatusView {
     /// The latest run's state, or `idle`.
     pub state: JobState,
@@ -95,7 +96,7 @@ pub struct JobStatusView {
 }
 
 /// `GET /api/v1/jobs/status`: the summary the dashboard polls.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StatusResponse {
     /// One entry per registered job, by name.
     pub jobs: BTreeMap<String, JobStatusView>,
@@ -107,31 +108,35 @@ pub struct StatusResponse {
 }
 
 /// The body of `POST /api/v1/jobs/{name}/start`; an empty body means `{}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StartJobBody {
     /// Cancel the job's active run, if any, and start anew.
     #[serde(default)]
     pub force: bool,
-    /// The run's parameters (absent or `null`: none).
+    /// The run's parameters (absent or `null`: none); each job validates its own
+    /// (`400 invalid_params`).
     #[serde(default, skip_serializing_if = "Value::is_null")]
+    #[schema(value_type = Option<Object>)]
     pub params: Value,
 }
 
 /// The body of `POST /api/v1/jobs/start`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StartNamedJobBody {
     /// The job to start.
     pub job_name: String,
     /// Cancel the job's active run, if any, and start anew.
     #[serde(default)]
     pub force: bool,
-    /// The run's parameters (absent or `null`: none).
+    /// The run's parameters (absent or `null`: none); each job validates its own
+    /// (`400 invalid_params`).
     #[serde(default, skip_serializing_if = "Value::is_null")]
+    #[schema(value_type = Option<Object>)]
     pub params: Value,
 }
 
 /// `202` answer of both start routes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StartResponse {
     /// Always `true`.
     pub success: bool,
@@ -144,7 +149,7 @@ pub struct StartResponse {
 }
 
 /// `202` answer of `POST /api/v1/runs/{id}/cancel`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CancelResponse {
     /// Always `true`.
     pub success: bool,
@@ -155,14 +160,14 @@ pub struct CancelResponse {
 }
 
 /// `GET /api/v1/jobs/{name}/runs`: `{"runs": [...]}`, newest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunsResponse {
     /// The runs, newest first.
     pub runs: Vec<Run>,
 }
 
 /// One line of a run's log: `{"at", "level", "message"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogEntry {
     /// When it was written.
     #[serde(with = "time::serde::rfc3339")]
@@ -184,7 +189,7 @@ impl From<LogLine> for LogEntry {
 }
 
 /// `GET /api/v1/runs/{id}/logs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LogsResponse {
     /// The run.
     pub run_id: RunId,
@@ -193,7 +198,7 @@ pub struct LogsResponse {
 }
 
 /// What a [`RunUpdate`] reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RunUpdateKind {
@@ -203,14 +208,17 @@ pub enum RunUpdateKind {
     Progress,
     /// The run wrote a log line (in [`RunUpdate::log`]).
     Log,
+    /// The run as it is now, after a `reset` (the events a resuming subscriber missed
+    /// were deleted by retention): one per job, its latest run.
+    Snapshot,
 }
 
 /// The `data` of one server-sent event of `GET /api/v1/events` (event name `run`):
-/// `{"kind": "state_changed|progress|log", "run": <Run>, "log"?: {...}}`.
+/// `{"kind": "state_changed|progress|log|snapshot", "run": <Run>, "log"?: {...}}`.
 ///
 /// `run` is the run as stored when the event was sent, so it may already be ahead of
 /// the change that triggered the event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunUpdate {
     /// What happened.
     pub kind: RunUpdateKind,

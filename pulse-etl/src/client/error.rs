@@ -33,6 +33,10 @@ pub enum ClientError {
     /// No answer within the client's timeout.
     #[error("ETL service did not answer in time")]
     Timeout,
+    /// An open event stream sent no byte (not even a keep-alive comment) for this long
+    /// (see [`EtlClient::with_event_idle_timeout`](super::EtlClient::with_event_idle_timeout)).
+    #[error("ETL event stream idle for {0:?}")]
+    StreamIdle(std::time::Duration),
     /// The base URL or a built URL is not valid.
     #[error("invalid ETL service URL: {0}")]
     InvalidUrl(String),

@@ -149,6 +149,7 @@ pub struct EtlClient<S = HttpTransport> {
     identity: Option<Identity>,
     request_id: Option<RequestId>,
     timeout: Option<Duration>,
+    event_idle_timeout: Option<Duration>,
 }
 
 impl EtlClient<HttpTransport> {
@@ -189,6 +190,7 @@ impl<S> EtlClient<S> {
             identity: None,
             request_id: None,
             timeout: None,
+            event_idle_timeout: None,
         })
     }
 
@@ -213,6 +215,18 @@ impl<S> EtlClient<S> {
     #[must_use]
     pub const fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Treat an open event stream that sends no byte for `idle` as broken: it yields
+    /// [`ClientError::StreamIdle`], then ends. The service sends a keep-alive comment
+    /// on an idle stream (every 15 s by default, see
+    /// [`EtlApi::with_keep_alive`](crate::api::EtlApi::with_keep_alive)), so a few of
+    /// its intervals tell a quiet stream from a frozen or unreachable instance whose
+    /// connection never breaks. Off by default.
+    #[must_use]
+    pub const fn with_event_idle_timeout(mut self, idle: Duration) -> Self {
+        self.event_idle_timeout = Some(idle);
         self
     }
 
@@ -422,7 +436,10 @@ where
                 "the event stream is not text/event-stream".to_owned(),
             ));
         }
-        Ok(SseEvents::from_body(response.into_body()))
+        Ok(SseEvents::from_body(
+            response.into_body(),
+            self.event_idle_timeout,
+        ))
     }
 
     fn request(

@@ -168,8 +168,9 @@ pub struct SseEvents {
 
 impl SseEvents {
     /// The events of a `text/event-stream` body. A body error is yielded once as
-    /// [`ClientError::Transport`], then the stream ends.
-    pub(crate) fn from_body<B>(body: B) -> Self
+    /// [`ClientError::Transport`], and no byte for `idle` as
+    /// [`ClientError::StreamIdle`]; then the stream ends.
+    pub(crate) fn from_body<B>(body: B, idle: Option<Duration>) -> Self
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -177,12 +178,23 @@ impl SseEvents {
         let state = (Some(Box::pin(body)), SseDecoder::new(), Pending::new());
         let stream = futures_util::stream::unfold(
             state,
-            |(mut body, mut decoder, mut pending)| async move {
+            move |(mut body, mut decoder, mut pending)| async move {
                 loop {
                     if let Some(event) = pending.pop_front() {
                         return Some((Ok(event), (body, decoder, pending)));
                     }
-                    let frame = body.as_mut()?.frame().await;
+                    let next = body.as_mut()?.frame();
+                    let frame = match idle {
+                        // Any frame counts, a keep-alive comment too.
+                        Some(idle) => match tokio::time::timeout(idle, next).await {
+                            Ok(frame) => frame,
+                            Err(_) => {
+                                let err = ClientError::StreamIdle(idle);
+                                return Some((Err(err), (None, decoder, pending)));
+                            }
+                        },
+                        None => next.await,
+                    };
                     match frame {
                         Some(Ok(frame)) => {
                             if let Ok(data) = frame.into_data() {
@@ -215,5 +227,62 @@ impl Stream for SseEvents {
 impl fmt::Debug for SseEvents {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SseEvents").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A body fed by the test, chunk by chunk.
+    fn body() -> (
+        mpsc::UnboundedSender<&'static str>,
+        impl Body<Data = Bytes, Error = Infallible> + Send + 'static,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel::<&'static str>();
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            let chunk = rx.recv().await?;
+            Some((Ok(Frame::data(Bytes::from_static(chunk.as_bytes()))), rx))
+        });
+        (tx, StreamBody::new(frames))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_comments_hold_an_idle_stream_open_and_silence_ends_it() {
+        let idle = Duration::from_secs(3);
+        let (tx, body) = body();
+        let mut events = SseEvents::from_body(body, Some(idle));
+        tx.send("id: 1\nevent: run\ndata: {}\n\n").unwrap();
+        let first = events.next().await.unwrap().unwrap();
+        assert_eq!(first.id.as_deref(), Some("1"));
+        // A comment every second for ten seconds: no event, and not idle.
+        let comments = tokio::spawn(async move {
+            for _ in 0..10 {
+                tx.send(":\n\n").unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tx.send("id: 2\nevent: run\ndata: {}\n\n").unwrap();
+            // Then silence, the sender kept (a frozen peer never closes).
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(tx);
+        });
+        let started = tokio::time::Instant::now();
+        let second = events.next().await.unwrap().unwrap();
+        assert_eq!(second.id.as_deref(), Some("2"));
+        assert!(started.elapsed() >= Duration::from_secs(10));
+        let stalled = tokio::time::Instant::now();
+        match events.next().await {
+            Some(Err(ClientError::StreamIdle(after))) => assert_eq!(after, idle),
+            other => panic!("expected StreamIdle, got {other:?}"),
+        }
+        assert!(stalled.elapsed() >= idle);
+        assert!(events.next().await.is_none(), "then the stream ends");
+        comments.abort();
     }
 }

@@ -73,6 +73,34 @@ impl fmt::Debug for ManualWallClock {
     }
 }
 
+/// Wall time that moves with tokio's clock: `start` plus the tokio time elapsed since
+/// the clock was made. Under `tokio::time::pause` (`#[tokio::test(start_paused = true)]`)
+/// the engine's timers and the timestamps it stores advance together, in virtual time:
+/// a test of backoffs, leases or schedules of minutes finishes in milliseconds and
+/// decides the same way every run.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioWallClock {
+    start: OffsetDateTime,
+    origin: tokio::time::Instant,
+}
+
+impl TokioWallClock {
+    /// A clock reading `start` now (needs a tokio runtime for its time source).
+    #[must_use]
+    pub fn new(start: OffsetDateTime) -> Self {
+        Self {
+            start,
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl WallClock for TokioWallClock {
+    fn now(&self) -> OffsetDateTime {
+        self.start + self.origin.elapsed()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +112,14 @@ mod tests {
         assert_eq!(clock.now(), start);
         clock.advance(Duration::from_secs(90));
         assert_eq!(clock.now(), start + Duration::from_secs(90));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_clock_follows_paused_time() {
+        let start = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let clock = TokioWallClock::new(start);
+        assert_eq!(clock.now(), start);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(clock.now(), start + Duration::from_secs(3600));
     }
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use time::OffsetDateTime;
 use tokio::sync::{Semaphore, broadcast};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,14 +23,16 @@ use crate::store::{CancelOutcome, CreateOutcome, JobStore, NewRun};
 
 mod clock;
 mod error;
+mod retention;
 mod retry;
 mod schedule;
 mod worker;
 
-pub use clock::{ManualWallClock, SystemWallClock, WallClock};
+pub use clock::{ManualWallClock, SystemWallClock, TokioWallClock, WallClock};
 pub use error::EngineError;
-pub use retry::RetryPolicy;
-pub use schedule::{Schedule, ScheduleError};
+pub use retention::Retention;
+pub use retry::{Backoff, RetryPolicy};
+pub use schedule::{CatchUp, Due, Schedule, ScheduleError};
 
 /// How an engine instance behaves. Every field has a `with_*` builder.
 #[derive(Clone)]
@@ -44,11 +47,13 @@ pub struct EngineConfig {
     pub(crate) schedules: bool,
     pub(crate) event_capacity: usize,
     pub(crate) clock: Arc<dyn WallClock>,
+    pub(crate) retention: Option<Retention>,
 }
 
 impl Default for EngineConfig {
     /// 4 workers, 30 s leases renewed every 10 s, a sweep every 15 s, a claim/event
-    /// poll every second, 10 s cancel and shutdown grace, schedules on.
+    /// poll every second, 10 s cancel and shutdown grace, schedules on, the default
+    /// [`Retention`].
     fn default() -> Self {
         Self {
             concurrency: 4,
@@ -61,6 +66,7 @@ impl Default for EngineConfig {
             schedules: true,
             event_capacity: 1024,
             clock: Arc::new(SystemWallClock),
+            retention: Some(Retention::default()),
         }
     }
 }
@@ -139,6 +145,21 @@ impl EngineConfig {
         self
     }
 
+    /// How long the store keeps events, runs and logs ([`Retention`]); this instance
+    /// takes part in deleting the rest.
+    #[must_use]
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+
+    /// Keeps everything: this instance deletes nothing (others may).
+    #[must_use]
+    pub fn without_retention(mut self) -> Self {
+        self.retention = None;
+        self
+    }
+
     /// The clock of stored timestamps.
     #[must_use]
     pub fn with_clock(mut self, clock: Arc<dyn WallClock>) -> Self {
@@ -158,6 +179,7 @@ impl fmt::Debug for EngineConfig {
             .field("cancel_grace", &self.cancel_grace)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("schedules", &self.schedules)
+            .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
@@ -339,12 +361,6 @@ impl JobEngine {
         &self.inner.registry
     }
 
-    /// The store.
-    #[must_use]
-    pub fn store(&self) -> &Arc<dyn JobStore> {
-        &self.inner.store
-    }
-
     /// Starts a run. The returned run is committed (pending).
     ///
     /// # Errors
@@ -459,6 +475,14 @@ impl JobEngine {
     pub async fn jobs(&self) -> Result<Vec<JobSummary>, EngineError> {
         let latest = self.latest_by_job().await?;
         let active = self.active_jobs().await?;
+        let last_slots: HashMap<String, OffsetDateTime> = self
+            .inner
+            .store
+            .last_schedule_slots()
+            .await?
+            .into_iter()
+            .collect();
+        let now = self.inner.config.clock.now();
         Ok(self
             .inner
             .registry
@@ -466,10 +490,23 @@ impl JobEngine {
             .into_iter()
             .map(|info| {
                 let latest_run = latest.get(&info.name).cloned();
+                let last_slot = info
+                    .schedule
+                    .as_ref()
+                    .and_then(|_| last_slots.get(&info.name).copied());
                 JobSummary {
                     active: active.contains(&info.name),
                     state: latest_run.as_ref().map(|run| run.state),
                     schedule: info.schedule.as_ref().map(ToString::to_string),
+                    catch_up: info
+                        .schedule
+                        .as_ref()
+                        .map(|schedule| schedule.catch_up().to_string()),
+                    next_slot: info
+                        .schedule
+                        .as_ref()
+                        .and_then(|schedule| schedule.next_after(now)),
+                    last_slot,
                     timeout_secs: info.timeout.as_secs(),
                     max_attempts: info.retry_policy.max_attempts,
                     latest_run,
@@ -539,12 +576,33 @@ impl JobEngine {
         self.inner.events.subscribe()
     }
 
+    /// The highest event sequence number retention deleted (0 when none): a subscriber
+    /// resuming after an older one has missed events and must reload its state.
+    ///
+    /// # Errors
+    /// [`EngineError::Store`].
+    pub async fn events_pruned_through(&self) -> Result<i64, EngineError> {
+        Ok(self.inner.store.events_pruned_through().await?)
+    }
+
+    /// One retention pass now, with `retention`'s ages against the engine's clock:
+    /// batches until nothing is left (or another instance holds the retention lock).
+    /// The engine runs one every [`Retention::interval`] by itself.
+    ///
+    /// # Errors
+    /// [`EngineError::Store`] (the batches deleted before the error stay deleted).
+    pub async fn prune(&self, retention: Retention) -> Result<crate::PruneReport, EngineError> {
+        Ok(worker::prune_pass(&self.inner, retention).await?)
+    }
+
     /// The sequence number of the latest stored event (0 when there is none).
     ///
     /// # Errors
     /// [`EngineError::Store`].
     pub async fn latest_event_seq(&self) -> Result<i64, EngineError> {
-        Ok(self.inner.store.latest_event_seq().await?)
+        // Never below what retention deleted, even when it deleted every event.
+        let latest = self.inner.store.latest_event_seq().await?;
+        Ok(latest.max(self.inner.store.events_pruned_through().await?))
     }
 
     /// Stored events after `after_seq` (for an SSE client resuming with `Last-Event-ID`).

@@ -45,6 +45,9 @@ pub(super) fn spawn_background(inner: &Arc<Inner>, last_seq: i64) {
     if inner.config.concurrency > 0 {
         tasks.push(tokio::spawn(claim_loop(Arc::clone(inner))));
     }
+    if let Some(retention) = inner.config.retention {
+        tasks.push(tokio::spawn(retain(Arc::clone(inner), retention)));
+    }
     if inner.config.schedules {
         for info in inner.registry.infos() {
             if let Some(schedule) = info.schedule {
@@ -373,7 +376,7 @@ fn decide(
     let now = inner.config.clock.now();
     let retry = |error: String, at_least: Option<Duration>| {
         let wait = policy
-            .backoff_jittered(fence.attempt)
+            .delay_after(fence.attempt)
             .max(at_least.unwrap_or_default());
         AttemptOutcome::Failed {
             error,
@@ -484,39 +487,154 @@ async fn sweep_leases(inner: Arc<Inner>) {
     }
 }
 
+/// Fires one job's schedule: each slot once (across instances, by the store's unique
+/// `(job, slot)` row), missed slots by the schedule's [`CatchUp`](super::CatchUp) policy.
 async fn fire_schedule(
     inner: Arc<Inner>,
     job_name: String,
     schedule: super::Schedule,
     max_attempts: u32,
 ) {
+    let policy = schedule.catch_up();
+    // Missed slots count from the newest one recorded; a job that never fired starts
+    // with its next slot.
+    let recorded = match inner.store.last_schedule_slots().await {
+        Ok(slots) => slots
+            .into_iter()
+            .find_map(|(job, slot)| (job == job_name).then_some(slot)),
+        Err(err) => {
+            tracing::warn!(job = %job_name, error = %err, "reading the last schedule slot failed; missed slots are not caught up");
+            None
+        }
+    };
+    let mut after = recorded.unwrap_or_else(|| inner.config.clock.now());
+    let mut changes = inner.store.changes();
     loop {
         let now = inner.config.clock.now();
-        let Some(slot) = schedule.next_after(now) else {
+        let due = schedule.due(after, now);
+        if due.dropped > 0 {
+            tracing::warn!(
+                job = %job_name,
+                dropped = due.dropped,
+                %policy,
+                since = %after,
+                "missed schedule slots dropped"
+            );
+        }
+        for slot in due.fire {
+            let late = now - slot > super::CatchUp::ON_TIME;
+            // A missed slot, or any slot under `all`, waits for the job's active run: it
+            // must run, not be consumed by the one-active-run rule.
+            if (late || matches!(policy, super::CatchUp::All { .. }))
+                && !wait_until_idle(&inner, &job_name, &mut changes).await
+            {
+                return;
+            }
+            fire_slot(&inner, &job_name, slot, max_attempts, late).await;
+        }
+        if let Some(newest) = due.newest {
+            after = after.max(newest);
+        }
+        let Some(next) = schedule.next_after(after.max(now)) else {
             return;
         };
-        let wait = duration_until(now, slot);
+        let wait = duration_until(inner.config.clock.now(), next);
         tokio::select! {
             () = inner.stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
-        let new = NewRun {
-            id: RunId::new(),
-            job_name: job_name.clone(),
-            params: serde_json::Value::Object(serde_json::Map::new()),
-            requested_by: None,
-            idempotency_key: None,
-            max_attempts: max_attempts.max(1),
-            force: false,
-            created_at: inner.config.clock.now(),
-        };
-        match inner.store.fire_schedule(slot, new).await {
-            Ok(Some(run)) => {
-                tracing::info!(job = %job_name, run_id = %run.id, %slot, "schedule fired")
-            }
-            Ok(None) => tracing::debug!(job = %job_name, %slot, "schedule slot taken or job busy"),
-            Err(err) => tracing::warn!(job = %job_name, error = %err, "firing a schedule failed"),
+    }
+}
+
+/// Waits until `job_name` has no active run; `false` when the engine stops first.
+async fn wait_until_idle(
+    inner: &Inner,
+    job_name: &str,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+) -> bool {
+    loop {
+        match inner.store.active_runs(Some(job_name)).await {
+            Ok(active) if active.is_empty() => return true,
+            Ok(_) => {}
+            Err(err) => tracing::warn!(job = %job_name, error = %err, "reading active runs failed"),
         }
+        if !idle(inner, changes, inner.config.poll_interval).await {
+            return false;
+        }
+    }
+}
+
+async fn fire_slot(
+    inner: &Inner,
+    job_name: &str,
+    slot: OffsetDateTime,
+    max_attempts: u32,
+    late: bool,
+) {
+    let new = NewRun {
+        id: RunId::new(),
+        job_name: job_name.to_owned(),
+        params: serde_json::Value::Object(serde_json::Map::new()),
+        requested_by: None,
+        idempotency_key: None,
+        max_attempts: max_attempts.max(1),
+        force: false,
+        created_at: inner.config.clock.now(),
+    };
+    match inner.store.fire_schedule(slot, new).await {
+        Ok(Some(run)) => {
+            tracing::info!(job = %job_name, run_id = %run.id, %slot, catch_up = late, "schedule fired");
+        }
+        Ok(None) => tracing::debug!(job = %job_name, %slot, "schedule slot taken or job busy"),
+        Err(err) => {
+            tracing::warn!(job = %job_name, %slot, error = %err, "firing a schedule failed")
+        }
+    }
+}
+
+/// Deletes what `retention` lets go every [`Retention::interval`](super::Retention),
+/// the first pass a minute (at most an interval) after start-up.
+async fn retain(inner: Arc<Inner>, retention: super::Retention) {
+    let mut wait = retention.interval().min(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = inner.stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = retention.interval();
+        match prune_pass(&inner, retention).await {
+            Ok(report) if report.events + report.runs + report.slots > 0 => tracing::info!(
+                events = report.events,
+                runs = report.runs,
+                slots = report.slots,
+                "retention deleted old rows"
+            ),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "retention pass failed"),
+        }
+    }
+}
+
+/// Batches of [`JobStore::prune`](crate::JobStore::prune) until one is not full, with a
+/// pause between them so writers get the database in between.
+pub(super) async fn prune_pass(
+    inner: &Inner,
+    retention: super::Retention,
+) -> Result<crate::PruneReport, StoreError> {
+    let now = inner.config.clock.now();
+    let batch = crate::PruneBatch {
+        events_before: now - retention.events(),
+        runs_before: now - retention.runs(),
+        limit: retention.batch(),
+    };
+    let mut total = crate::PruneReport::default();
+    loop {
+        let report = inner.store.prune(batch).await?;
+        total.add(report);
+        if report.busy || !report.is_full(batch.limit) || inner.stop.is_cancelled() {
+            return Ok(total);
+        }
+        tokio::time::sleep(retention.pause()).await;
     }
 }
 

@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use super::SourceConfigError;
 use super::connector::{Connector, connector};
 use super::url::BaseUrl;
+use crate::engine::Backoff;
 use crate::job::{JobContext, JobError};
 
 /// A source's API token: sent as `Authorization: Bearer <token>`, never printed.
@@ -48,14 +49,13 @@ impl fmt::Debug for SourceToken {
 /// How one page request is retried before the attempt gives up with a retryable
 /// [`JobError`] (the engine's [`RetryPolicy`](crate::RetryPolicy) then decides whether
 /// the run gets another attempt, which resumes from the checkpoint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FetchPolicy {
     /// Retries of one request after a `429`, a `5xx`, a timeout or a connection error.
     pub max_retries: u32,
-    /// The first backoff when the source gave no `Retry-After`; doubles each retry.
-    pub initial_backoff: Duration,
-    /// The longest backoff.
-    pub max_backoff: Duration,
+    /// The wait between tries when the source gave no `Retry-After` (500 ms doubling
+    /// up to 30 s, 20 % jitter): the same [`Backoff`] as the engine's retries.
+    pub backoff: Backoff,
     /// The longest `Retry-After` waited in place; a longer one ends the attempt at once
     /// with a retryable error carrying that wait, so the engine schedules the retry.
     pub max_retry_after: Duration,
@@ -71,8 +71,7 @@ impl Default for FetchPolicy {
     fn default() -> Self {
         Self {
             max_retries: 4,
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(30),
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             max_retry_after: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 16 * 1024 * 1024,
@@ -91,14 +90,14 @@ impl FetchPolicy {
     /// Sets the first backoff.
     #[must_use]
     pub const fn with_initial_backoff(mut self, backoff: Duration) -> Self {
-        self.initial_backoff = backoff;
+        self.backoff = self.backoff.with_initial(backoff);
         self
     }
 
     /// Sets the longest backoff.
     #[must_use]
     pub const fn with_max_backoff(mut self, backoff: Duration) -> Self {
-        self.max_backoff = backoff;
+        self.backoff = self.backoff.with_max(backoff);
         self
     }
 
@@ -114,14 +113,6 @@ impl FetchPolicy {
     pub const fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
-    }
-
-    /// The backoff before retry `retry` (0-based), without jitter.
-    fn backoff(&self, retry: u32) -> Duration {
-        let factor = 2_u32.saturating_pow(retry.min(16));
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
     }
 }
 
@@ -208,7 +199,7 @@ impl SourceHttp {
             let outcome = tokio::select! {
                 biased;
                 () = ctx.cancelled() => return Err(JobError::Cancelled),
-                outcome = tokio::time::timeout(self.policy.request_timeout, self.try_get(path)) => outcome,
+                outcome = tokio::time::timeout(self.policy.request_timeout, self.try_get(path, ctx.now())) => outcome,
             };
             let transient = match outcome {
                 Ok(Ok(fetched)) => return Ok(fetched),
@@ -237,7 +228,7 @@ impl SourceHttp {
             }
             let wait = transient
                 .retry_after
-                .unwrap_or_else(|| jittered(self.policy.backoff(retry)));
+                .unwrap_or_else(|| self.policy.backoff.delay_jittered(retry + 1));
             retry += 1;
             ctx.warn(format!(
                 "{what}: {}; retry {retry}/{} in {} ms",
@@ -254,7 +245,7 @@ impl SourceHttp {
         }
     }
 
-    async fn try_get(&self, path: &str) -> Result<Fetched, TryError> {
+    async fn try_get(&self, path: &str, now: OffsetDateTime) -> Result<Fetched, TryError> {
         let mut request = Request::builder()
             .method(Method::GET)
             .uri(self.base.url(path))
@@ -268,7 +259,7 @@ impl SourceHttp {
             })
         })?;
         let status = response.status();
-        if let Some(retry_after) = rate_limited(status, response.headers()) {
+        if let Some(retry_after) = rate_limited(status, response.headers(), now) {
             return Err(TryError::Transient(Transient {
                 reason: format!("rate limited ({status})"),
                 retry_after,
@@ -277,7 +268,7 @@ impl SourceHttp {
         if status.is_server_error() {
             return Err(TryError::Transient(Transient {
                 reason: format!("server error ({status})"),
-                retry_after: parse_retry_after(response.headers(), OffsetDateTime::now_utc()),
+                retry_after: parse_retry_after(response.headers(), now),
             }));
         }
         if !status.is_success() {
@@ -323,8 +314,11 @@ enum TryError {
 /// `Some(wait)` when the answer is a rate limit: `429`, or GitHub's `403` with
 /// `x-ratelimit-remaining: 0`. The wait comes from `Retry-After` or GitHub's
 /// `x-ratelimit-reset` (Unix seconds).
-fn rate_limited(status: StatusCode, headers: &HeaderMap) -> Option<Option<Duration>> {
-    let now = OffsetDateTime::now_utc();
+fn rate_limited(
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: OffsetDateTime,
+) -> Option<Option<Duration>> {
     let exhausted = headers
         .get("x-ratelimit-remaining")
         .and_then(|v| v.to_str().ok())
@@ -358,11 +352,6 @@ pub(crate) fn parse_retry_after(headers: &HeaderMap, now: OffsetDateTime) -> Opt
     Some(Duration::try_from(at - now).unwrap_or(Duration::ZERO))
 }
 
-/// Takes up to a fifth off a backoff, so runs failing together do not retry together.
-fn jittered(wait: Duration) -> Duration {
-    wait.mul_f64(1.0 - rand::random::<f64>() * 0.2)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,15 +381,25 @@ mod tests {
 
     #[test]
     fn github_exhausted_quota_is_a_rate_limit() {
+        let now = time::macros::datetime!(2026-01-01 10:00 UTC);
         let quota = headers(&[("x-ratelimit-remaining", "0")]);
-        assert!(rate_limited(StatusCode::FORBIDDEN, &quota).is_some());
-        assert!(rate_limited(StatusCode::FORBIDDEN, &HeaderMap::new()).is_none());
+        assert!(rate_limited(StatusCode::FORBIDDEN, &quota, now).is_some());
+        assert!(rate_limited(StatusCode::FORBIDDEN, &HeaderMap::new(), now).is_none());
         assert_eq!(
             rate_limited(
                 StatusCode::TOO_MANY_REQUESTS,
-                &headers(&[("retry-after", "2")])
+                &headers(&[("retry-after", "2")]),
+                now
             ),
             Some(Some(Duration::from_secs(2)))
+        );
+        // The reset time is read against the engine's clock, not the system's.
+        let reset = (now.unix_timestamp() + 90).to_string();
+        let mut exhausted = headers(&[("x-ratelimit-remaining", "0")]);
+        exhausted.insert("x-ratelimit-reset", reset.parse().unwrap());
+        assert_eq!(
+            rate_limited(StatusCode::FORBIDDEN, &exhausted, now),
+            Some(Some(Duration::from_secs(90)))
         );
     }
 
@@ -409,10 +408,10 @@ mod tests {
         let policy = FetchPolicy::default()
             .with_initial_backoff(Duration::from_millis(100))
             .with_max_backoff(Duration::from_millis(350));
-        assert_eq!(policy.backoff(0), Duration::from_millis(100));
-        assert_eq!(policy.backoff(1), Duration::from_millis(200));
-        assert_eq!(policy.backoff(2), Duration::from_millis(350));
-        assert_eq!(policy.backoff(40), Duration::from_millis(350));
+        assert_eq!(policy.backoff.delay(1, 0.0), Duration::from_millis(100));
+        assert_eq!(policy.backoff.delay(2, 0.0), Duration::from_millis(200));
+        assert_eq!(policy.backoff.delay(3, 0.0), Duration::from_millis(350));
+        assert_eq!(policy.backoff.delay(40, 0.0), Duration::from_millis(350));
     }
 
     #[test]

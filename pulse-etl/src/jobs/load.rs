@@ -37,6 +37,10 @@ const UPSERT_SQLITE: &str = "INSERT INTO etl_source_items \
      state = excluded.state, updated_at = excluded.updated_at, url = excluded.url, \
      run_id = excluded.run_id, synced_at = excluded.synced_at";
 
+/// What a seed job says on a store without tables.
+const NO_TABLES: &str =
+    "the seed jobs load into SQL tables: run them on a SQLite or PostgreSQL store";
+
 /// Upserts one page of items in one transaction; returns how many rows were written.
 ///
 /// Re-loading an item overwrites its row, so a retried page or a second run never
@@ -45,13 +49,14 @@ pub(crate) async fn upsert_items(
     pool: &StorePool,
     run_id: RunId,
     items: &[SourceItem],
+    now: OffsetDateTime,
 ) -> Result<u64, JobError> {
     let failed = |err: sqlx::Error| {
         JobError::retryable(format!("loading {} items failed: {err}", items.len()))
     };
-    let now = OffsetDateTime::now_utc();
     let mut written = 0;
     match pool {
+        #[cfg(feature = "sqlite")]
         StorePool::Sqlite(pool) => {
             let synced_at = i64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
             let mut tx = pool.begin().await.map_err(failed)?;
@@ -74,6 +79,7 @@ pub(crate) async fn upsert_items(
             }
             tx.commit().await.map_err(failed)?;
         }
+        #[cfg(feature = "postgres")]
         StorePool::Postgres(pool) => {
             let mut tx = pool.begin().await.map_err(failed)?;
             for item in items {
@@ -96,6 +102,7 @@ pub(crate) async fn upsert_items(
             }
             tx.commit().await.map_err(failed)?;
         }
+        StorePool::Memory => return Err(JobError::fatal(NO_TABLES)),
     }
     Ok(written)
 }
@@ -107,8 +114,11 @@ pub(crate) async fn upsert_items(
 pub async fn count_items(pool: &StorePool, source: &str) -> Result<u64, sqlx::Error> {
     const SQL: &str = "SELECT COUNT(*) FROM etl_source_items WHERE source = $1";
     let count: i64 = match pool {
+        #[cfg(feature = "sqlite")]
         StorePool::Sqlite(pool) => sqlx::query_scalar(SQL).bind(source).fetch_one(pool).await?,
+        #[cfg(feature = "postgres")]
         StorePool::Postgres(pool) => sqlx::query_scalar(SQL).bind(source).fetch_one(pool).await?,
+        StorePool::Memory => return Err(sqlx::Error::Configuration(NO_TABLES.into())),
     };
     Ok(u64::try_from(count).unwrap_or(0))
 }
@@ -131,8 +141,11 @@ pub async fn list_items(pool: &StorePool, source: &str) -> Result<Vec<SourceItem
         Option<String>,
     );
     let rows: Vec<Row> = match pool {
+        #[cfg(feature = "sqlite")]
         StorePool::Sqlite(pool) => sqlx::query_as(SQL).bind(source).fetch_all(pool).await?,
+        #[cfg(feature = "postgres")]
         StorePool::Postgres(pool) => sqlx::query_as(SQL).bind(source).fetch_all(pool).await?,
+        StorePool::Memory => return Err(sqlx::Error::Configuration(NO_TABLES.into())),
     };
     Ok(rows
         .into_iter()

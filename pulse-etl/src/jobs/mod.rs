@@ -206,8 +206,8 @@ async fn load_page(
     total: Option<u64>,
     message: String,
 ) -> Result<(), JobError> {
-    ctx.store().check_fence(&ctx.fence()).await?;
-    load::upsert_items(&ctx.pool(), ctx.run_id(), items).await?;
+    ctx.check_lease().await?;
+    load::upsert_items(&ctx.pool(), ctx.run_id(), items, ctx.now()).await?;
     ctx.set_checkpoint(cursor).await?;
     ctx.progress(done, total.map(|total| total.max(done)), message.clone())
         .await?;

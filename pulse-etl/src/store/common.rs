@@ -193,16 +193,19 @@ pub(crate) fn parse_state(value: &str) -> Result<RunState, StoreError> {
 }
 
 /// Parses stored JSON text.
+#[cfg(feature = "sqlite")]
 pub(crate) fn parse_json(text: &str, column: &str) -> Result<Value, StoreError> {
     serde_json::from_str(text).map_err(|err| StoreError::Corrupt(format!("{column}: {err}")))
 }
 
 /// Parses a stored UUID text.
+#[cfg(feature = "sqlite")]
 pub(crate) fn parse_uuid(text: &str, column: &str) -> Result<uuid::Uuid, StoreError> {
     uuid::Uuid::parse_str(text).map_err(|err| StoreError::Corrupt(format!("{column}: {err}")))
 }
 
 /// Serialises an event kind for its row.
+#[cfg(feature = "sqlite")]
 pub(crate) fn event_payload(kind: &RunEventKind) -> String {
     serde_json::to_string(kind).unwrap_or_else(|_| "{}".to_owned())
 }

@@ -3,6 +3,7 @@
 
 use std::error::Error as StdError;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use sqlx::error::{DatabaseError, ErrorKind};
 
 /// A boxed error source.
@@ -71,6 +72,7 @@ impl StoreError {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// Sorts a sqlx error by cause: see the variants of [`StoreError`].
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
@@ -78,6 +80,7 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 impl From<sqlx::migrate::MigrateError> for StoreError {
     fn from(err: sqlx::migrate::MigrateError) -> Self {
         match err {
@@ -90,6 +93,7 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cause {
     Unavailable,
@@ -98,6 +102,7 @@ enum Cause {
     Bug,
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn cause(err: &sqlx::Error) -> Cause {
     match err {
         sqlx::Error::Io(_)
@@ -110,6 +115,7 @@ fn cause(err: &sqlx::Error) -> Cause {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 impl Cause {
     fn wrap(self, source: Source) -> StoreError {
         match self {
@@ -121,10 +127,13 @@ impl Cause {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn classify_database(db: &dyn DatabaseError) -> Cause {
+    #[cfg(feature = "postgres")]
     if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
         return classify_sqlstate(pg.code());
     }
+    #[cfg(feature = "sqlite")]
     if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
         && let Some(code) = db.code().and_then(|code| code.parse::<i32>().ok())
     {
@@ -137,6 +146,7 @@ fn classify_database(db: &dyn DatabaseError) -> Cause {
     }
 }
 
+#[cfg(feature = "postgres")]
 /// PostgreSQL SQLSTATE codes (PostgreSQL manual, appendix A).
 fn classify_sqlstate(code: &str) -> Cause {
     match code {
@@ -165,6 +175,7 @@ fn classify_sqlstate(code: &str) -> Cause {
     }
 }
 
+#[cfg(feature = "sqlite")]
 /// SQLite (extended) result codes (<https://sqlite.org/rescode.html>).
 fn classify_sqlite(code: i32) -> Cause {
     const CONSTRAINT: i32 = 19;
@@ -187,7 +198,7 @@ fn classify_sqlite(code: i32) -> Cause {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use std::time::Duration;
 
@@ -291,6 +302,7 @@ mod tests {
         holder.rollback().await.unwrap();
     }
 
+    #[cfg(feature = "postgres")]
     #[test]
     fn sqlstates_are_sorted_by_cause() {
         for (code, expected) in [

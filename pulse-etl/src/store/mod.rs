@@ -22,13 +22,22 @@ use crate::model::{
     Attempt, InstanceId, LogLevel, LogLine, Progress, Run, RunEvent, RunId, StateCounts,
 };
 
+// The state machine every store shares (the in-memory one included); some helpers are
+// only for the SQL stores.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 mod common;
 mod error;
+mod memory;
+#[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use error::StoreError;
+pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
 pub use postgres::{PgStore, PgStoreOptions};
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
 /// A connection pool of the store's database, for jobs that load data next to the runs.
@@ -36,9 +45,14 @@ pub use sqlite::SqliteStore;
 #[non_exhaustive]
 pub enum StorePool {
     /// A SQLite pool.
+    #[cfg(feature = "sqlite")]
     Sqlite(sqlx::SqlitePool),
     /// A PostgreSQL pool (its connections' `search_path` is the store's schema).
+    #[cfg(feature = "postgres")]
     Postgres(sqlx::PgPool),
+    /// No database: a [`MemoryStore`] (jobs that load into tables of their own need a
+    /// SQL store).
+    Memory,
 }
 
 /// Identifies one attempt of one run, for fenced writes.
@@ -169,6 +183,49 @@ impl SweepReport {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.retried.is_empty() && self.failed.is_empty() && self.cancelled.is_empty()
+    }
+}
+
+/// What one retention batch may delete ([`JobStore::prune`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneBatch {
+    /// Events (other than log lines) stamped before this go.
+    pub events_before: OffsetDateTime,
+    /// Finished runs (with their attempts, events and log lines) that finished before
+    /// this go — except the latest run of each job — and so do schedule slots before
+    /// it, except each job's newest.
+    pub runs_before: OffsetDateTime,
+    /// The most rows of each kind one batch deletes.
+    pub limit: u32,
+}
+
+/// What one retention batch deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Events deleted (by age, or with their run).
+    pub events: u64,
+    /// Runs deleted.
+    pub runs: u64,
+    /// Schedule slots deleted.
+    pub slots: u64,
+    /// `true` when another instance held the retention lock: nothing was done.
+    pub busy: bool,
+}
+
+impl PruneReport {
+    /// `true` when some kind hit `limit`: there may be more to delete.
+    #[must_use]
+    pub fn is_full(&self, limit: u32) -> bool {
+        let limit = u64::from(limit);
+        self.events >= limit || self.runs >= limit || self.slots >= limit
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: Self) {
+        self.events += other.events;
+        self.runs += other.runs;
+        self.slots += other.slots;
+        self.busy |= other.busy;
     }
 }
 
@@ -321,6 +378,19 @@ pub trait JobStore: Send + Sync + 'static {
         slot: OffsetDateTime,
         new: NewRun,
     ) -> Result<Option<Run>, StoreError>;
+
+    /// Deletes one batch of what retention lets go (see [`PruneBatch`]), in one short
+    /// transaction, and raises the [`events_pruned_through`](Self::events_pruned_through)
+    /// mark. Only one instance prunes at a time (PostgreSQL: a transaction-level advisory
+    /// lock; another instance gets [`PruneReport::busy`]).
+    async fn prune(&self, batch: PruneBatch) -> Result<PruneReport, StoreError>;
+
+    /// The highest event sequence number retention deleted (0 when none): a subscriber
+    /// resuming after an older one has missed events and must reload.
+    async fn events_pruned_through(&self) -> Result<i64, StoreError>;
+
+    /// The newest slot fired (or consumed) of every job that has one, by job name.
+    async fn last_schedule_slots(&self) -> Result<Vec<(String, OffsetDateTime)>, StoreError>;
 
     /// One run.
     async fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError>;

@@ -159,7 +159,7 @@ impl ScriptJob {
             ctx.set_checkpoint(step).await?;
         }
         if script.write_output {
-            ctx.store().check_fence(&ctx.fence()).await?;
+            ctx.check_lease().await?;
             write_output(&ctx.pool(), ctx.run_id(), attempt)
                 .await
                 .map_err(|err| JobError::retryable(err.to_string()))?;
@@ -310,4 +310,123 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The slots recorded for `job`, oldest first, each with whether it made a run.
+pub async fn recorded_slots(store: &dyn JobStore, job: &str) -> Vec<(time::OffsetDateTime, bool)> {
+    match store.pool() {
+        StorePool::Sqlite(pool) => {
+            let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
+                "SELECT slot, run_id FROM etl_schedule_slots WHERE job_name = ? ORDER BY slot",
+            )
+            .bind(job)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            rows.into_iter()
+                .map(|(micros, run)| {
+                    let at =
+                        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+                            .unwrap();
+                    (at, run.is_some())
+                })
+                .collect()
+        }
+        StorePool::Postgres(pool) => {
+            let rows: Vec<(time::OffsetDateTime, Option<uuid::Uuid>)> = sqlx::query_as(
+                "SELECT slot, run_id FROM etl_schedule_slots WHERE job_name = $1 ORDER BY slot",
+            )
+            .bind(job)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            rows.into_iter()
+                .map(|(at, run)| (at, run.is_some()))
+                .collect()
+        }
+        _ => panic!("a store of an unknown kind"),
+    }
+}
+
+/// Missed slots across an engine restart, on a manual clock. A ten-minute schedule whose
+/// 09:50 slot was recorded fires 10:00 on one engine, which then stops; a second engine
+/// with `policy` starts at 10:49:59.9 (10:10 to 10:40 missed), the test waits until the
+/// slots in `caught_up` ran, then moves the clock to the 10:50 slot. Returns the slots
+/// recorded, oldest first, with whether each made a run, once 10:50 has run.
+pub async fn catch_up_across_a_restart<F, Fut>(
+    store: F,
+    policy: pulse_etl::CatchUp,
+    caught_up: &[time::OffsetDateTime],
+) -> Vec<(time::OffsetDateTime, bool)>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn JobStore>>,
+{
+    use time::macros::datetime;
+
+    let clock = Arc::new(pulse_etl::ManualWallClock::new(
+        datetime!(2026-01-01 09:59:59.9 UTC),
+    ));
+    let schedule = Schedule::every(Duration::from_secs(600))
+        .unwrap()
+        .with_catch_up(policy);
+    let engine = |store| {
+        let job = ScriptJob::new("tick").with_schedule(schedule.clone());
+        pulse_etl::JobEngine::launch(
+            store,
+            pulse_etl::JobRegistry::new().with_job(job),
+            fast_config().with_clock(Arc::clone(&clock) as Arc<dyn pulse_etl::WallClock>),
+        )
+    };
+    let reader = store().await;
+    let ran = |slots: Vec<time::OffsetDateTime>| {
+        let reader = Arc::clone(&reader);
+        async move {
+            let recorded = recorded_slots(reader.as_ref(), "tick").await;
+            slots.iter().all(|slot| recorded.contains(&(*slot, true)))
+                && reader.active_runs(Some("tick")).await.unwrap().is_empty()
+        }
+    };
+
+    // The 09:50 slot is on record (fired and run), so missed slots count from there.
+    let seeded = reader
+        .fire_schedule(
+            datetime!(2026-01-01 09:50 UTC),
+            pulse_etl::NewRun {
+                id: RunId::new(),
+                job_name: "tick".to_owned(),
+                params: json!({}),
+                requested_by: None,
+                idempotency_key: None,
+                max_attempts: 1,
+                force: false,
+                created_at: datetime!(2026-01-01 09:50 UTC),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(seeded.is_some());
+    let first = engine(store().await).await.unwrap();
+    wait_until("the 09:50 run finished", || {
+        ran(vec![datetime!(2026-01-01 09:50 UTC)])
+    })
+    .await;
+    clock.set(datetime!(2026-01-01 10:00:00.05 UTC));
+    wait_until("the 10:00 slot ran", || {
+        ran(vec![datetime!(2026-01-01 10:00 UTC)])
+    })
+    .await;
+    first.shutdown().await;
+
+    // Down from 10:00 to 10:49:59.9: 10:10, 10:20, 10:30 and 10:40 went by.
+    clock.set(datetime!(2026-01-01 10:49:59.9 UTC));
+    let second = engine(store().await).await.unwrap();
+    wait_until("the missed slots ran", || ran(caught_up.to_vec())).await;
+    clock.set(datetime!(2026-01-01 10:50:00.05 UTC));
+    wait_until("the 10:50 slot ran", || {
+        ran(vec![datetime!(2026-01-01 10:50 UTC)])
+    })
+    .await;
+    second.shutdown().await;
+    recorded_slots(reader.as_ref(), "tick").await
 }

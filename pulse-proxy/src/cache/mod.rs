@@ -20,7 +20,7 @@
 //! - answers with `X-Cache: HIT | MISS | BYPASS` (can be turned off) and `Age` on hits;
 //! - counts hits, misses, coalesced requests and more in a [`CacheStats`] handle.
 //!
-//! Stores: [`MemoryStore`] (moka, bounded by bytes and entries) and, with the `redis`
+//! Stores: [`MemoryStore`] (moka, bounded by bytes and entries) and, with the `cache-redis`
 //! feature, `RedisStore` (shared by several gateways). Coalescing is in process and
 //! works with either. A failing store never fails a request: it is forwarded uncached.
 //!
@@ -96,7 +96,7 @@
 //! ```
 //!
 //! Several gateways share one cache, and see each other's invalidations, with
-//! `RedisStore::connect(url).await?` (feature `redis`) in place of `MemoryStore::new()`.
+//! `RedisStore::connect(url).await?` (feature `cache-redis`) in place of `MemoryStore::new()`.
 //!
 //! An entry is stored once its body has been read to the end by the client that caused
 //! it; its coalesced waiters are answered at that moment.
@@ -120,7 +120,7 @@ pub use key::{CacheKey, KeyPart};
 pub use layer::{CacheLayer, DEFAULT_MAX_BODY_BYTES, DEFAULT_TTL};
 pub use service::Cache;
 pub use stats::{CacheStats, CacheStatsSnapshot};
-#[cfg(feature = "redis")]
+#[cfg(feature = "cache-redis")]
 pub use store::RedisStore;
 pub use store::{CacheStore, CachedResponse, MemoryStore, MemoryStoreBuilder, StoreError};
 

@@ -119,11 +119,12 @@ impl AuditEvent {
 }
 
 /// A recorded event, as the API answers it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// Increasing id (the paging cursor).
     pub id: i64,
     /// When, RFC 3339.
+    #[schema(format = DateTime)]
     pub at: String,
     /// What.
     pub action: String,
@@ -165,7 +166,7 @@ pub struct AuditQuery {
 }
 
 /// One page of events and the cursor of the next (older) one.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
     /// Newest first.
     pub events: Vec<AuditRecord>,

@@ -10,7 +10,7 @@ use super::audit::{self, AuditAction, AuditEvent};
 use super::{AccountError, AccountStore, Origin, bump_changes};
 
 /// A role as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RoleRecord {
     /// Its name.
     pub name: String,

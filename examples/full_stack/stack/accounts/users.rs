@@ -31,17 +31,41 @@ pub struct UserRecord {
     pub last_login_at: Option<i64>,
 }
 
+/// A user as the admin API (and `users list --json`) shows it: RFC 3339 times.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    /// Stable id (the tokens' `sub`, a run's `requested_by`).
+    pub id: String,
+    /// Login e-mail, lower-case.
+    pub email: String,
+    /// Role names, sorted.
+    pub roles: Vec<String>,
+    /// Whether sign-in is refused.
+    pub disabled: bool,
+    /// When added.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// The last successful sign-in.
+    #[schema(format = DateTime)]
+    pub last_login_at: Option<String>,
+}
+
 impl UserRecord {
     /// The API's (and `users list --json`'s) form: RFC 3339 times.
+    pub fn to_view(&self) -> UserView {
+        UserView {
+            id: self.id.clone(),
+            email: self.email.clone(),
+            roles: self.roles.clone(),
+            disabled: self.disabled,
+            created_at: super::rfc3339(self.created_at),
+            last_login_at: self.last_login_at.map(super::rfc3339),
+        }
+    }
+
+    /// [`UserRecord::to_view`] as JSON.
     pub fn to_json(&self) -> serde_json::Value {
-        json!({
-            "id": self.id,
-            "email": self.email,
-            "roles": self.roles,
-            "disabled": self.disabled,
-            "created_at": super::rfc3339(self.created_at),
-            "last_login_at": self.last_login_at.map(super::rfc3339),
-        })
+        serde_json::to_value(self.to_view()).unwrap_or_default()
     }
 }
 

@@ -86,11 +86,11 @@ pub async fn render(State(gateway): State<Gateway>) -> Response {
     for instance in gateway.etl.instances() {
         let state = code(instance.breaker().state());
         best = best.min(state);
-        let url = instance.url().to_owned();
+        let url = instance.name().to_owned();
         metrics::gauge!("pulse_upstream_breaker_state", "upstream" => "etl", "instance" => url.clone())
             .set(state);
         metrics::gauge!("pulse_upstream_ejected", "upstream" => "etl", "instance" => url)
-            .set(if instance.ejected() { 1.0 } else { 0.0 });
+            .set(if instance.is_ejected() { 1.0 } else { 0.0 });
     }
     metrics::gauge!("pulse_breaker_state", "upstream" => "etl").set(best);
     let cache = gateway.cache_stats.snapshot();

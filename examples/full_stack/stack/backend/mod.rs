@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod job_audit;
 pub mod metrics;
+pub mod openapi;
 pub mod shared;
 pub mod ws;
 
@@ -20,7 +21,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use pulse_breaker::{Backoff, Breaker, BreakerConfig, CircuitBreakerLayer};
+use pulse_breaker::{Backoff, Breaker, BreakerConfig};
 use pulse_core::health::{Health, HealthAggregator, check_fn};
 use pulse_core::internal_auth::{InternalCredentialLayer, InternalTokenMinter, KeyRing};
 use pulse_core::jwt::{JwtAuthLayer, JwtVerifier, TokenIssuer, VerifiedTokenCache};
@@ -30,7 +31,7 @@ use pulse_core::{AuthorizeLayer, RequestIdLayer};
 use pulse_etl::client::EtlClient;
 use pulse_proxy::cache::{CacheLayer, CacheStats, MemoryStore, RedisStore};
 use pulse_proxy::transport::{HttpTransport, HttpsTransport, TransportBody, TransportConfig};
-use pulse_proxy::{Proxy, ProxyConfig, ProxyError, UpstreamClassifier};
+use pulse_proxy::{Proxy, ProxyConfig, ProxyError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -45,7 +46,7 @@ use self::auth::client_addr::ClientAddrResolver;
 use self::auth::hasher::HashingPool;
 use self::auth::throttle::{LoginThrottle, MemoryThrottleStore, ThrottleKeys, ThrottlePolicy};
 use self::auth::{Auth, AuthParts, json_error};
-use self::ws::Hub;
+use self::ws::{Hub, HubTiming};
 use super::accounts::housekeeping::{self, Retention};
 use super::accounts::password::PasswordHashing;
 use super::accounts::revocation::RevocationList;
@@ -54,10 +55,10 @@ use super::accounts::{AccountStore, MANAGE_USERS};
 use super::config::{Options, Secrets};
 use super::etl::{INTERNAL_TOKEN_AUDIENCE, INTERNAL_TOKEN_ISSUER};
 use super::serve::{Running, serve};
-use super::upstream::{self, Pool};
+use super::upstream::{self, UpstreamPool};
 
 /// The gateway's balanced pool of ETL instances.
-pub type EtlPool = Pool<axum::body::Body, TransportBody>;
+pub type EtlPool = UpstreamPool<axum::body::Body, TransportBody>;
 
 /// The issuer of user tokens.
 pub const TOKEN_ISSUER: &str = "pulse-gateway";
@@ -275,10 +276,10 @@ pub async fn start(
             anyhow::bail!("PULSE_ETL_URL must list http:// or https:// URLs");
         }
     }
-    // One transport stack per ETL instance, each with its own breaker and pool; the
-    // pool balances over them (p2c), ejects outliers and sends a request that failed
-    // safely once more to another instance.
-    let mut instances = Vec::with_capacity(etl_urls.len());
+    // One transport stack per ETL instance, each with its own breaker and pool;
+    // pulse-proxy's pool balances over them (p2c), ejects outliers and sends a request
+    // that failed safely once more to another instance.
+    let mut etl_pool = upstream::builder("etl");
     for url in &etl_urls {
         let breaker = Breaker::new(
             BreakerConfig::default()
@@ -289,15 +290,10 @@ pub async fn start(
                 ))),
         )
         .map_err(|e| anyhow::anyhow!("breaker configuration: {e}"))?;
-        // Outermost first: breaker → timeout → credential → pooled HTTP.
+        // Below the breaker the pool puts around it (open circuit → 503 circuit_open +
+        // Retry-After; only upstream faults count, never a client's bad body):
+        // timeout → credential → pooled HTTP.
         let transport = ServiceBuilder::new()
-            .map_err(|error: tower::BoxError| ProxyError::classify(&*error))
-            // Open circuit → BreakerOpen, which the proxy answers 503 circuit_open + Retry-After;
-            // only upstream faults count (5xx, refused, timeouts), never a client's bad body.
-            .layer(
-                CircuitBreakerLayer::new(breaker.clone())
-                    .with_classifier(UpstreamClassifier::new()),
-            )
             // The timeout's boxed error, classified (504) for the breaker and the proxy.
             .map_err(|error: tower::BoxError| ProxyError::classify(&*error))
             // Inside the breaker, so that a hung ETL counts as a failure (504 to the client).
@@ -319,13 +315,13 @@ pub async fn start(
                 )
                 .with_upstream(url.clone()),
             );
-        instances.push((
+        etl_pool = etl_pool.instance(
             upstream::base_url(url),
             BoxCloneSyncService::new(transport),
             breaker,
-        ));
+        );
     }
-    let etl_pool: EtlPool = Pool::new("etl", instances)?;
+    let etl_pool: EtlPool = etl_pool.build()?;
     let proxy_config = ProxyConfig::new(etl_urls[0].clone())
         .map_err(|_| anyhow::anyhow!("PULSE_ETL_URL must be http://host:port"))?
         // The public prefix maps onto the ETL's versioned API.
@@ -347,12 +343,18 @@ pub async fn start(
     let cache_stats = cache.stats();
     let status = cache.layer(proxy.clone());
 
-    let probe = EtlProbe::new(&etl_pool.urls(), &etl_tls)?;
+    let probe = EtlProbe::new(
+        &etl_urls.iter().map(upstream::base_url).collect::<Vec<_>>(),
+        &etl_tls,
+    )?;
     let hub = Hub::start(
         etl_pool.clone(),
         ring,
         &etl_tls,
-        Duration::from_millis(options.ws_resubscribe_delay_ms),
+        HubTiming {
+            idle_timeout: Duration::from_millis(options.ws_upstream_idle_ms),
+            resubscribe_delay: Duration::from_millis(options.ws_resubscribe_delay_ms),
+        },
         stopped,
     )?;
     let hub_handle = hub.clone();
@@ -417,6 +419,8 @@ pub async fn start(
         )
         .route("/ws/job-status", any(ws::job_status))
         .route("/health", get(health))
+        // The contract, generated from the code: public, nothing secret in it.
+        .route(openapi::OPENAPI_PATH, get(openapi::openapi_json))
         .with_state(gateway.clone());
 
     let router = Router::new()
@@ -575,16 +579,16 @@ async fn health(State(gateway): State<Gateway>) -> Response {
     // Every ETL instance: whether it answered, its circuit, whether it is ejected.
     let instances: Vec<serde_json::Value> = gateway
         .etl
-        .instances()
-        .iter()
+        .status()
+        .into_iter()
         .zip(answers)
         .map(|(instance, answer)| {
             let up = answer.as_ref().is_some_and(answered);
             serde_json::json!({
-                "url": instance.url(),
+                "url": instance.name,
                 "status": if up { "healthy" } else { "unhealthy" },
-                "circuit": instance.breaker().state().to_string(),
-                "ejected": instance.ejected(),
+                "circuit": instance.circuit.to_string(),
+                "ejected": instance.ejected_for.is_some(),
             })
         })
         .collect();

@@ -39,6 +39,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 mod events;
 mod reads;
+mod retention;
 mod rows;
 
 use rows::{
@@ -54,6 +55,7 @@ pub struct PgStoreOptions {
     max_connections: u32,
     application_name: Option<String>,
     idle_in_transaction_timeout: Duration,
+    acquire_timeout: Duration,
 }
 
 impl PgStoreOptions {
@@ -66,6 +68,7 @@ impl PgStoreOptions {
             max_connections: 10,
             application_name: None,
             idle_in_transaction_timeout: Duration::from_secs(10),
+            acquire_timeout: Duration::from_secs(3),
         }
     }
 
@@ -91,6 +94,15 @@ impl PgStoreOptions {
     #[must_use]
     pub fn with_idle_in_transaction_timeout(mut self, timeout: Duration) -> Self {
         self.idle_in_transaction_timeout = timeout.max(Duration::from_millis(100));
+        self
+    }
+
+    /// How long an operation waits for a connection (default 3 s) before it fails with
+    /// [`StoreError::Unavailable`]: with the server down, the API answers 503 within this
+    /// bound instead of holding the request while the pool retries the connect.
+    #[must_use]
+    pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout.max(Duration::from_millis(100));
         self
     }
 
@@ -185,7 +197,7 @@ impl PgStore {
         let notifier_connect = connect.clone().options([("synchronous_commit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await?;
         MIGRATOR.run(&pool).await?;
@@ -739,6 +751,19 @@ impl JobStore for PgStore {
             .events
             .events_since(&self.inner.pool, self.inner.lock_key, after_seq, limit)
             .await
+    }
+
+    async fn prune(&self, batch: super::PruneBatch) -> Result<super::PruneReport, StoreError> {
+        let report = retention::prune(&self.inner.pool, self.inner.lock_key, batch).await?;
+        Ok(report)
+    }
+
+    async fn events_pruned_through(&self) -> Result<i64, StoreError> {
+        retention::events_pruned_through(&self.inner.pool).await
+    }
+
+    async fn last_schedule_slots(&self) -> Result<Vec<(String, OffsetDateTime)>, StoreError> {
+        reads::last_schedule_slots(&self.inner.pool).await
     }
 
     async fn latest_event_seq(&self) -> Result<i64, StoreError> {

@@ -107,3 +107,13 @@ pub(super) async fn logs(pool: &PgPool, id: RunId) -> Result<Vec<LogLine>, Store
         })
         .collect()
 }
+
+pub(super) async fn last_schedule_slots(
+    pool: &PgPool,
+) -> Result<Vec<(String, time::OffsetDateTime)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT job_name, MAX(slot) FROM etl_schedule_slots GROUP BY job_name ORDER BY job_name",
+    )
+    .fetch_all(pool)
+    .await?)
+}

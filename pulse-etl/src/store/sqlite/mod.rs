@@ -33,6 +33,7 @@ use crate::model::{
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 mod reads;
+mod retention;
 mod rows;
 
 use rows::{
@@ -623,6 +624,19 @@ impl JobStore for SqliteStore {
 
     async fn events_since(&self, after_seq: i64, limit: u32) -> Result<Vec<RunEvent>, StoreError> {
         reads::events_since(&self.pool, after_seq, limit).await
+    }
+
+    async fn prune(&self, batch: super::PruneBatch) -> Result<super::PruneReport, StoreError> {
+        self.write(|conn| Box::pin(retention::prune(conn, batch)))
+            .await
+    }
+
+    async fn events_pruned_through(&self) -> Result<i64, StoreError> {
+        retention::events_pruned_through(&self.pool).await
+    }
+
+    async fn last_schedule_slots(&self) -> Result<Vec<(String, OffsetDateTime)>, StoreError> {
+        reads::last_schedule_slots(&self.pool).await
     }
 
     async fn latest_event_seq(&self) -> Result<i64, StoreError> {

@@ -133,3 +133,16 @@ pub(super) async fn latest_event_seq(pool: &SqlitePool) -> Result<i64, StoreErro
         .await?;
     Ok(seq)
 }
+
+pub(super) async fn last_schedule_slots(
+    pool: &SqlitePool,
+) -> Result<Vec<(String, time::OffsetDateTime)>, StoreError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT job_name, MAX(slot) FROM etl_schedule_slots GROUP BY job_name ORDER BY job_name",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(job, slot)| Ok((job, from_micros(slot)?)))
+        .collect()
+}

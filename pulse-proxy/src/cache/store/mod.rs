@@ -1,5 +1,5 @@
 //! Where cached responses live: the [`CacheStore`] trait, the in-memory
-//! [`MemoryStore`] and, with the `redis` feature, the shared `RedisStore`.
+//! [`MemoryStore`] and, with the `cache-redis` feature, the shared `RedisStore`.
 //!
 //! A store keeps entries and one generation counter per scope (path prefix). An entry
 //! is stored with the sum of its scopes' generations as they were when its request
@@ -15,11 +15,11 @@ use http::{HeaderMap, StatusCode};
 use super::key::CacheKey;
 
 mod memory;
-#[cfg(feature = "redis")]
+#[cfg(feature = "cache-redis")]
 mod redis;
 
 pub use memory::{MemoryStore, MemoryStoreBuilder};
-#[cfg(feature = "redis")]
+#[cfg(feature = "cache-redis")]
 pub use redis::RedisStore;
 
 /// A boxed error from a store's backend.

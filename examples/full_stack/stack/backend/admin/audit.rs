@@ -17,22 +17,37 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::{Actor, account_error};
-use crate::stack::accounts::audit::{AuditAction, AuditQuery, DEFAULT_PAGE, MAX_PAGE};
+use crate::stack::accounts::audit::{AuditAction, AuditPage, AuditQuery, DEFAULT_PAGE, MAX_PAGE};
 use crate::stack::backend::auth::{Auth, answer};
+#[allow(unused_imports)] // named by the `#[utoipa::path]` annotations
+use crate::stack::backend::openapi::{
+    AccountsUnavailable, AuditInvalid, BadRequest, Forbidden, InternalError, Unauthorized,
+};
+use utoipa::IntoParams;
 
 /// The longest `actor` or `target` filter (ids are UUIDs, `cli:<user>`, role names).
 pub const MAX_FILTER_BYTES: usize = 256;
 
 /// The query string, as sent.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
+    /// Only this action (an audit action name).
     action: Option<String>,
+    /// Only this actor (at most 256 bytes).
+    #[param(max_length = 256)]
     actor: Option<String>,
+    /// Only this target (at most 256 bytes).
+    #[param(max_length = 256)]
     target: Option<String>,
+    /// At or after: RFC 3339 or ms since the epoch.
     since: Option<String>,
+    /// Before: RFC 3339 or ms since the epoch.
     until: Option<String>,
+    /// Page size, 1 to 200 (default 50).
     limit: Option<String>,
+    /// Older than this event id (the previous page's `next_before`).
     before: Option<String>,
 }
 
@@ -132,6 +147,15 @@ impl AuditParams {
 }
 
 /// `GET /api/admin/audit`.
+#[utoipa::path(get, path = "/api/admin/audit", tag = "admin", security(("bearer" = [])),
+    params(AuditParams),
+    responses((status = 200, description = "One page of events, newest first", body = AuditPage),
+        (status = 400, response = BadRequest),
+        (status = 422, response = AuditInvalid),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = InternalError),
+        (status = 503, response = AccountsUnavailable),))]
 pub async fn list(
     State(auth): State<Arc<Auth>>,
     _actor: Actor,

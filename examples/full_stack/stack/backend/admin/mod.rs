@@ -6,9 +6,9 @@
 //! and is applied to this gateway's revocation list at once (other gateways read it
 //! from the database within a second).
 
-mod audit;
-mod roles;
-mod users;
+pub(crate) mod audit;
+pub(crate) mod roles;
+pub(crate) mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -13,42 +13,85 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use pulse_core::error::{ApiError, ErrorCode};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{ADMIN_BODY_LIMIT, Actor, MAX_LIST, account_error, apply_revocations, self_lockout};
 use crate::stack::accounts::password::{self, WeakPassword};
-use crate::stack::accounts::users::{AdminGuard, UserKey, UserUpdate};
+use crate::stack::accounts::users::{AdminGuard, UserKey, UserRecord, UserUpdate, UserView};
 use crate::stack::accounts::{AccountError, MANAGE_USERS};
 use crate::stack::backend::auth::hasher::Overloaded;
 use crate::stack::backend::auth::{Auth, OVERLOADED_RETRY_AFTER, answer, json_rejection};
+#[allow(unused_imports)] // named by the `#[utoipa::path]` annotations
+use crate::stack::backend::openapi::{
+    AccountInvalid, AccountsUnavailable, BadRequest, Forbidden, InternalError, PayloadTooLarge,
+    Unauthorized, UnsupportedMediaType, UserConflict, UserNotFound,
+};
 
 /// `POST /api/admin/users`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    /// The login e-mail.
+    #[schema(min_length = 3, max_length = 254)]
     email: String,
+    /// Role names (at most 64).
+    #[schema(max_items = 64)]
     roles: Vec<String>,
+    /// The password; absent: one is generated and answered once.
     #[serde(default)]
+    #[schema(min_length = 12, max_length = 1024)]
     password: Option<String>,
 }
 
-/// `PATCH /api/admin/users/{id}`.
-#[derive(Debug, Deserialize)]
+/// `PATCH /api/admin/users/{id}`: roles and/or state (at least one of them).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+// `minProperties: 1` is set by the document's modifier: utoipa 5.5's `min_properties`
+// attribute writes `maxProperties`.
 pub struct UserChange {
+    /// The new role names (at most 64).
     #[serde(default)]
+    #[schema(max_items = 64)]
     roles: Option<Vec<String>>,
+    /// Whether sign-in is refused.
     #[serde(default)]
     disabled: Option<bool>,
 }
 
 /// `POST /api/admin/users/{id}/password`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordReset {
+    /// The new password; absent: one is generated and answered once.
     #[serde(default)]
+    #[schema(min_length = 12, max_length = 1024)]
     password: Option<String>,
+}
+
+/// `GET /api/admin/users`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsersAnswer {
+    /// Every user.
+    pub users: Vec<UserView>,
+}
+
+/// A user added or changed; `password` when one was generated (shown this once).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserAnswer {
+    /// The user.
+    pub user: UserView,
+    /// The generated password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// `POST /api/admin/users/{id}/password`: the generated password, if one was.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PasswordAnswer {
+    /// The generated password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 /// The JSON error of a body that is not `shape`.
@@ -98,20 +141,38 @@ async fn new_password(
 }
 
 /// `GET /api/admin/users`.
+#[utoipa::path(get, path = "/api/admin/users", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "Every user", body = UsersAnswer),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = InternalError),
+        (status = 503, response = AccountsUnavailable),))]
 pub async fn list(State(auth): State<Arc<Auth>>, _actor: Actor) -> Response {
     answer(
         auth.store()
             .list_users()
             .await
             .map(|users| {
-                let users: Vec<_> = users.iter().map(|u| u.to_json()).collect();
-                Json(json!({ "users": users })).into_response()
+                let users = users.iter().map(UserRecord::to_view).collect();
+                Json(UsersAnswer { users }).into_response()
             })
             .map_err(account_error),
     )
 }
 
 /// `POST /api/admin/users` → 201 `{user, password?}`.
+#[utoipa::path(post, path = "/api/admin/users", tag = "admin", security(("bearer" = [])),
+    request_body(content = NewUser, content_type = "application/json"),
+    responses((status = 201, description = "Added; `password` when generated", body = UserAnswer),
+        (status = 400, response = BadRequest),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 409, response = UserConflict),
+        (status = 422, response = AccountInvalid),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = InternalError),
+        (status = 503, response = AccountsUnavailable),))]
 pub async fn add(
     State(auth): State<Arc<Auth>>,
     actor: Actor,
@@ -134,10 +195,10 @@ pub async fn add(
                 .add_user(&request.email, &hash, &request.roles, &actor.origin)
                 .await
                 .map_err(account_error)?;
-            let mut body = json!({ "user": user.to_json() });
-            if let Some(password) = generated {
-                body["password"] = json!(password);
-            }
+            let body = UserAnswer {
+                user: user.to_view(),
+                password: generated,
+            };
             Ok((StatusCode::CREATED, Json(body)).into_response())
         }
         .await,
@@ -147,6 +208,20 @@ pub async fn add(
 /// `PATCH /api/admin/users/{id}` → 200 `{user}`: roles and/or state, in one change.
 /// 409 `self_lockout` for the administrator's own access, 409 `last_administrator` when
 /// nobody else could administer afterwards.
+#[utoipa::path(patch, path = "/api/admin/users/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    request_body(content = UserChange, content_type = "application/json"),
+    responses((status = 200, description = "Changed", body = UserAnswer),
+        (status = 400, response = BadRequest),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 404, response = UserNotFound),
+        (status = 409, response = UserConflict),
+        (status = 422, response = AccountInvalid),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = InternalError),
+        (status = 503, response = AccountsUnavailable),))]
 pub async fn update(
     State(auth): State<Arc<Auth>>,
     actor: Actor,
@@ -195,13 +270,30 @@ pub async fn update(
                 .await
                 .map_err(account_error)?;
             apply_revocations(&auth).await;
-            Ok(Json(json!({ "user": user.to_json() })).into_response())
+            Ok(Json(UserAnswer {
+                user: user.to_view(),
+                password: None,
+            })
+            .into_response())
         }
         .await,
     )
 }
 
 /// `POST /api/admin/users/{id}/password` → 200 `{password?}`; the user's sessions end.
+#[utoipa::path(post, path = "/api/admin/users/{id}/password", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    request_body(content = Option<PasswordReset>, description = "Optional: without a body a password is generated", content_type = "application/json"),
+    responses((status = 200, description = "Set; the user's sessions end", body = PasswordAnswer),
+        (status = 400, response = BadRequest),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 404, response = UserNotFound),
+        (status = 422, response = AccountInvalid),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = InternalError),
+        (status = 503, response = AccountsUnavailable),))]
 pub async fn password(
     State(auth): State<Arc<Auth>>,
     actor: Actor,
@@ -223,17 +315,25 @@ pub async fn password(
                 .await
                 .map_err(account_error)?;
             apply_revocations(&auth).await;
-            let body = match generated {
-                Some(password) => json!({ "password": password }),
-                None => json!({}),
-            };
-            Ok(Json(body).into_response())
+            Ok(Json(PasswordAnswer {
+                password: generated,
+            })
+            .into_response())
         }
         .await,
     )
 }
 
 /// `DELETE /api/admin/users/{id}` → 204.
+#[utoipa::path(delete, path = "/api/admin/users/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    responses((status = 204, description = "Removed"),
+        (status = 404, response = UserNotFound),
+        (status = 409, response = UserConflict),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = InternalError),
+        (status = 503, response = AccountsUnavailable),))]
 pub async fn remove(
     State(auth): State<Arc<Auth>>,
     actor: Actor,

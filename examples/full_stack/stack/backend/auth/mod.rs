@@ -26,9 +26,16 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use pulse_core::Identity;
 use pulse_core::error::{ApiError, ErrorCode};
+use pulse_core::jwt::IssuedToken;
 use pulse_core::jwt::{IssueOptions, JwtVerifier, TokenIssuer};
 use pulse_core::request_id::RequestId;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+#[allow(unused_imports)] // named by the `#[utoipa::path]` annotations
+use super::openapi::{
+    AccountsUnavailable, BadRequest, InternalError, Invalid, LoginRefused, PayloadTooLarge,
+    RateLimited, Unauthorized, UnsupportedMediaType,
+};
 use serde_json::json;
 
 use self::client_addr::ClientAddrResolver;
@@ -308,10 +315,27 @@ pub fn unavailable() -> ApiError {
 }
 
 /// The login body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LoginBody {
+    /// The account's e-mail (at most 254 bytes once trimmed).
+    #[schema(min_length = 1, max_length = 254)]
     email: String,
+    /// The password (at most 1024 bytes).
+    #[schema(min_length = 1, max_length = 1024)]
     password: String,
+}
+
+/// `GET /api/auth/me`: who the token says the caller is.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MeAnswer {
+    /// The user id (the token's `sub`).
+    pub user_id: String,
+    /// The e-mail, when the token carries one.
+    pub email: Option<String>,
+    /// Role names.
+    pub roles: Vec<String>,
+    /// Permission grants.
+    pub permissions: Vec<String>,
 }
 
 impl LoginBody {
@@ -379,6 +403,20 @@ pub fn answer(result: Result<Response, ApiError>) -> Response {
     }
 }
 
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth",
+    request_body(content = LoginBody, content_type = "application/json", description = "At most 4 KiB"),
+    responses(
+        (status = 200, description = "Signed in: an access token, and the refresh cookie (HttpOnly, `Path=/api/auth/`)", body = IssuedToken,
+            headers(("set-cookie" = String, description = "`pulse_refresh=...; HttpOnly; SameSite=Strict; Path=/api/auth/`"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = LoginRefused),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Invalid),
+        (status = 429, response = RateLimited),
+        (status = 500, response = InternalError),
+        (status = 503, response = AccountsUnavailable),
+    ))]
 /// `POST /api/auth/login` (mount it with a `DefaultBodyLimit` of [`LOGIN_BODY_LIMIT`]).
 pub async fn login(
     State(auth): State<Arc<Auth>>,
@@ -397,13 +435,18 @@ pub async fn login(
 }
 
 /// `GET /api/auth/me` (behind the JWT layer).
+#[utoipa::path(get, path = "/api/auth/me", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = MeAnswer),
+        (status = 401, response = Unauthorized),
+    ))]
 pub async fn me(identity: Identity) -> Response {
-    Json(json!({
-        "user_id": identity.subject,
-        "email": identity.email,
-        "roles": identity.roles,
-        "permissions": identity.permissions,
-    }))
+    Json(MeAnswer {
+        user_id: identity.subject,
+        email: identity.email,
+        roles: identity.roles,
+        permissions: identity.permissions,
+    })
     .into_response()
 }
 

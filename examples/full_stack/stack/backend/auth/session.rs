@@ -16,12 +16,16 @@ use axum::{Extension, Json};
 use pulse_core::error::{ApiError, ErrorCode};
 use pulse_core::jwt::bearer_token;
 use pulse_core::request_id::RequestId;
-use serde_json::json;
 
 use super::super::super::accounts::seed::SETUP_HINT;
 use super::super::super::accounts::sessions::{Logout, REFRESH_TOKEN_CHARS, Rotation};
 use super::super::super::accounts::{Origin, REVOCATION_MARGIN};
 use super::{Auth, answer, unavailable};
+#[allow(unused_imports)] // named by the `#[utoipa::path]` annotations
+use crate::stack::backend::openapi::{
+    AccountsUnavailable, InternalError, SessionExpired, Unauthorized,
+};
+use pulse_core::jwt::IssuedToken;
 
 /// The refresh cookie's name.
 pub const REFRESH_COOKIE: &str = "pulse_refresh";
@@ -93,6 +97,14 @@ fn session_expired(cookie: RefreshCookie) -> Response {
     response
 }
 
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "auth",
+    params(("cookie" = Option<String>, Header, description = "`pulse_refresh=<token>`, set by the login")),
+    responses(
+        (status = 200, description = "A new access token; the refresh cookie rotated", body = IssuedToken),
+        (status = 401, response = SessionExpired),
+        (status = 500, response = InternalError),
+        (status = 503, response = AccountsUnavailable),
+    ))]
 /// `POST /api/auth/refresh`: the cookie's token rotated, a new access token.
 pub async fn refresh(
     State(auth): State<Arc<Auth>>,
@@ -145,6 +157,12 @@ fn session_revoked_until(auth: &Auth) -> i64 {
         + i64::try_from((policy.access_ttl + REVOCATION_MARGIN).as_millis()).unwrap_or(i64::MAX)
 }
 
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Signed out: the token and its session revoked, the cookie cleared"),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = AccountsUnavailable),
+    ))]
 /// `POST /api/auth/logout` (Bearer): the token revoked until it expires, its session
 /// (and the cookie's) ended, the cookie cleared.
 pub async fn logout(
@@ -197,14 +215,32 @@ pub async fn logout(
     }
 }
 
+/// `GET /api/auth/setup`: the sign-in page's hints.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SetupAnswer {
+    /// Whether nobody can administer the gateway yet.
+    pub bootstrap_required: bool,
+    /// How to create the first administrator.
+    pub hint: &'static str,
+    /// Whether the demo users are seeded.
+    pub demo: bool,
+}
+
 /// `GET /api/auth/setup` (public): whether the first administrator must still be
 /// created, and how; whether the demo users are seeded (their passwords are public).
+#[utoipa::path(get, path = "/api/auth/setup", tag = "auth",
+    responses(
+        (status = 200, description = "Whether the first administrator must still be created", body = SetupAnswer),
+        (status = 503, response = AccountsUnavailable),
+    ))]
 pub async fn setup(State(auth): State<Arc<Auth>>) -> Response {
     match auth.store.bootstrap_required().await {
-        Ok(required) => {
-            Json(json!({"bootstrap_required": required, "hint": SETUP_HINT, "demo": auth.demo}))
-                .into_response()
-        }
+        Ok(required) => Json(SetupAnswer {
+            bootstrap_required: required,
+            hint: SETUP_HINT,
+            demo: auth.demo,
+        })
+        .into_response(),
         Err(error) => {
             tracing::error!(%error, "reading the accounts failed");
             answer(Err(unavailable()))
