@@ -12,7 +12,7 @@ use pulse_core::Identity;
 use pulse_core::internal_auth::{InternalCredentialLayer, KeyRing};
 use pulse_core::request_id::RequestId;
 use pulse_etl::RunState;
-use pulse_etl::api::{JobState, RunUpdateKind};
+use pulse_etl::api::RunUpdateKind;
 use pulse_etl::client::{ClientError, EtlClient, HttpTransport, StartOptions};
 use serde_json::json;
 
@@ -51,7 +51,7 @@ async fn typed_calls_over_http() {
     let jobs = client.jobs().await.unwrap();
     let names: Vec<_> = jobs.iter().map(|job| job.name.as_str()).collect();
     assert_eq!(names, ["github_sync", "jira_sync"]);
-    assert!(jobs.iter().all(|job| job.state == JobState::Idle));
+    assert!(jobs.iter().all(|job| job.state.is_none()));
 
     let user = client.acting_for(Identity::new("user-7"));
     let started = user

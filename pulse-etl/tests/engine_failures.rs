@@ -7,30 +7,12 @@ mod engine_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine_support::{ScriptJob, fast_config, wait_for_state, wait_until};
-use pulse_etl::{
-    JobEngine, JobRegistry, JobStore, MemoryStore, RetryPolicy, RunState, StartRequest,
-    TokioWallClock,
-};
+use engine_support::{ScriptJob, memory_engine, virtual_time, wait_for_state, wait_until};
+use pulse_etl::{JobEngine, JobRegistry, JobStore, RetryPolicy, RunState, StartRequest};
 use serde_json::{Value, json};
 
 async fn engine_with(job: ScriptJob) -> (JobEngine, Arc<dyn JobStore>) {
-    let store = MemoryStore::new().into_dyn();
-    let engine = JobEngine::launch(
-        Arc::clone(&store),
-        JobRegistry::new().with_job(job),
-        virtual_time(),
-    )
-    .await
-    .unwrap();
-    (engine, store)
-}
-
-/// [`fast_config`] on a wall clock that follows tokio's paused one.
-fn virtual_time() -> pulse_etl::EngineConfig {
-    fast_config().with_clock(Arc::new(TokioWallClock::new(
-        time::OffsetDateTime::now_utc(),
-    )))
+    memory_engine(JobRegistry::new().with_job(job), virtual_time()).await
 }
 
 async fn run_script(engine: &JobEngine, params: Value) -> pulse_etl::Run {
@@ -134,12 +116,12 @@ async fn a_timed_out_attempt_is_aborted_and_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cooperative_job_stops_when_cancelled() {
-    let (engine, store) = engine_with(ScriptJob::new("job")).await;
+    let (engine, _store) = engine_with(ScriptJob::new("job")).await;
     let started = engine
         .start(StartRequest::new("job").with_params(json!({"hold_attempts": 1})))
         .await
         .unwrap();
-    wait_for_state(&*store, started.run.id, RunState::Running).await;
+    wait_for_state(&engine, started.run.id, RunState::Running).await;
     let cancelling = engine.cancel(started.run.id).await.unwrap();
     assert_eq!(cancelling.state, RunState::Cancelling);
     let run = engine.wait_for_terminal(started.run.id).await.unwrap();
@@ -152,7 +134,7 @@ async fn a_cooperative_job_stops_when_cancelled() {
 async fn a_job_ignoring_its_cancel_is_aborted_after_the_grace() {
     let job = ScriptJob::new("job");
     let release = Arc::clone(&job.release);
-    let (engine, store) = engine_with(job).await;
+    let (engine, _store) = engine_with(job).await;
     let started = engine
         .start(
             StartRequest::new("job")
@@ -160,7 +142,7 @@ async fn a_job_ignoring_its_cancel_is_aborted_after_the_grace() {
         )
         .await
         .unwrap();
-    wait_for_state(&*store, started.run.id, RunState::Running).await;
+    wait_for_state(&engine, started.run.id, RunState::Running).await;
     engine.cancel(started.run.id).await.unwrap();
     let run = engine.wait_for_terminal(started.run.id).await.unwrap();
     assert_eq!(run.state, RunState::Cancelled);
@@ -175,14 +157,11 @@ async fn a_job_ignoring_its_cancel_is_aborted_after_the_grace() {
 
 #[tokio::test(start_paused = true)]
 async fn a_waiting_run_is_cancelled_at_once() {
-    let store = MemoryStore::new().into_dyn();
-    let engine = JobEngine::launch(
-        Arc::clone(&store),
+    let (engine, _store) = memory_engine(
         JobRegistry::new().with_job(ScriptJob::new("job")),
         virtual_time().with_concurrency(0),
     )
-    .await
-    .unwrap();
+    .await;
     let started = engine.start(StartRequest::new("job")).await.unwrap();
     let run = engine.cancel(started.run.id).await.unwrap();
     assert_eq!(run.state, RunState::Cancelled);

@@ -1,30 +1,17 @@
-//! The engine facade on SQLite: starting, conflicts, idempotency, events, summaries.
+//! The engine facade: starting, conflicts, idempotency, events, summaries — on the
+//! in-memory store in virtual time; what needs a shared database file (a start visible to
+//! another connection, an API-only instance) on SQLite.
 
 mod engine_support;
 
 use std::sync::Arc;
 
-use engine_support::{ScriptJob, fast_config, wait_for_state};
+use engine_support::{ScriptJob, fast_config, memory_engine, virtual_time, wait_for_state};
 use pulse_etl::{
-    EngineConfig, EngineError, JobEngine, JobRegistry, JobStore, RunEventKind, RunState,
-    SqliteStore, StartRequest,
+    EngineError, JobEngine, JobRegistry, JobStore, RunEventKind, RunState, SqliteStore,
+    StartRequest,
 };
 use serde_json::json;
-
-async fn engine_with(
-    registry: JobRegistry,
-    config: EngineConfig,
-) -> (JobEngine, Arc<dyn JobStore>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("jobs.db"))
-        .await
-        .unwrap()
-        .into_dyn();
-    let engine = JobEngine::launch(Arc::clone(&store), registry, config)
-        .await
-        .unwrap();
-    (engine, store, dir)
-}
 
 fn registry() -> JobRegistry {
     JobRegistry::new()
@@ -32,9 +19,9 @@ fn registry() -> JobRegistry {
         .with_job(ScriptJob::new("github_sync"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn runs_a_job_and_streams_its_events_in_order() {
-    let (engine, _store, _dir) = engine_with(registry(), fast_config()).await;
+    let (engine, _store) = memory_engine(registry(), virtual_time()).await;
     let mut events = engine.subscribe();
     let started = engine
         .start(
@@ -85,9 +72,9 @@ async fn runs_a_job_and_streams_its_events_in_order() {
     engine.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn starts_are_validated() {
-    let (engine, _store, _dir) = engine_with(registry(), fast_config()).await;
+    let (engine, _store) = memory_engine(registry(), virtual_time()).await;
     match engine.start(StartRequest::new("nope")).await.unwrap_err() {
         EngineError::UnknownJob { name, allowed } => {
             assert_eq!(name, "nope");
@@ -105,17 +92,17 @@ async fn starts_are_validated() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_second_start_conflicts_and_force_replaces_the_active_run() {
     let job = ScriptJob::new("jira_sync");
     let release = Arc::clone(&job.release);
-    let (engine, store, _dir) = engine_with(JobRegistry::new().with_job(job), fast_config()).await;
+    let (engine, _store) = memory_engine(JobRegistry::new().with_job(job), virtual_time()).await;
     let hold = json!({"hold_attempts": 1});
     let first = engine
         .start(StartRequest::new("jira_sync").with_params(hold.clone()))
         .await
         .unwrap();
-    wait_for_state(&*store, first.run.id, RunState::Running).await;
+    wait_for_state(&engine, first.run.id, RunState::Running).await;
 
     match engine
         .start(StartRequest::new("jira_sync"))
@@ -135,7 +122,7 @@ async fn a_second_start_conflicts_and_force_replaces_the_active_run() {
         .await
         .unwrap();
     assert_eq!(forced.replaced, Some(first.run.id));
-    let old = wait_for_state(&*store, first.run.id, RunState::Cancelled).await;
+    let old = wait_for_state(&engine, first.run.id, RunState::Cancelled).await;
     assert_eq!(old.attempts, 1);
     let new = engine.wait_for_terminal(forced.run.id).await.unwrap();
     assert_eq!(new.state, RunState::Succeeded);
@@ -143,9 +130,9 @@ async fn a_second_start_conflicts_and_force_replaces_the_active_run() {
     engine.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_retried_start_with_the_same_idempotency_key_returns_the_first_answer() {
-    let (engine, _store, _dir) = engine_with(registry(), fast_config()).await;
+    let (engine, _store) = memory_engine(registry(), virtual_time()).await;
     let request = StartRequest::new("jira_sync").with_idempotency_key("req-1");
     let first = engine.start(request.clone()).await.unwrap();
     let second = engine.start(request).await.unwrap();
@@ -158,7 +145,14 @@ async fn a_retried_start_with_the_same_idempotency_key_returns_the_first_answer(
 
 #[tokio::test]
 async fn a_start_is_committed_before_it_returns() {
-    let (engine, _store, dir) = engine_with(registry(), fast_config().with_concurrency(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("jobs.db"))
+        .await
+        .unwrap()
+        .into_dyn();
+    let engine = JobEngine::launch(store, registry(), fast_config().with_concurrency(0))
+        .await
+        .unwrap();
     let started = engine.start(StartRequest::new("jira_sync")).await.unwrap();
     // Another connection (another process could do the same) sees it at once.
     let other = SqliteStore::open(dir.path().join("jobs.db")).await.unwrap();
@@ -204,9 +198,9 @@ async fn an_api_only_instance_leaves_execution_to_workers() {
     api.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn jobs_status_summary_logs_and_health() {
-    let (engine, _store, _dir) = engine_with(registry(), fast_config()).await;
+    let (engine, _store) = memory_engine(registry(), virtual_time()).await;
     let jobs = engine.jobs().await.unwrap();
     assert_eq!(jobs.len(), 2);
     assert!(
@@ -259,7 +253,7 @@ async fn jobs_status_summary_logs_and_health() {
 
     let health = engine.health().await;
     assert!(health.healthy);
-    assert_eq!(health.store, "sqlite");
+    assert_eq!(health.store, "memory");
     engine.shutdown().await;
     let health = engine.health().await;
     assert!(!health.healthy && health.shutting_down);

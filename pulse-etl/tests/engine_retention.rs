@@ -34,13 +34,12 @@ async fn a_pass_deletes_by_age_on_the_engine_clock_and_keeps_each_jobs_latest_ru
     .unwrap();
     let run = |steps: u64| {
         let engine = engine.clone();
-        let store = Arc::clone(&store);
         async move {
             let started = engine
                 .start(StartRequest::new("sync").with_params(json!({"steps": steps})))
                 .await
                 .unwrap();
-            wait_for_state(store.as_ref(), started.run.id, RunState::Succeeded).await
+            wait_for_state(&engine, started.run.id, RunState::Succeeded).await
         }
     };
     let first = run(2).await;

@@ -1,5 +1,6 @@
-//! The worker pool: concurrency limit, graceful shutdown, lease reclaim, schedules
-//! across instances.
+//! The worker pool: concurrency limit, graceful shutdown, lease reclaim and fencing —
+//! several instances on one in-memory store, in virtual time — and schedules across
+//! instances on one SQLite file.
 
 mod engine_support;
 
@@ -7,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use engine_support::{Gauge, ScriptJob, fast_config, wait_for_state, wait_until};
+use engine_support::{Gauge, ScriptJob, fast_config, virtual_time, wait_for_state, wait_until};
 use pulse_etl::{
-    InstanceId, JobEngine, JobRegistry, JobStore, ManualWallClock, RunState, Schedule, SqliteStore,
-    StartRequest, StorePool,
+    InstanceId, JobEngine, JobRegistry, JobStore, ManualWallClock, MemoryStore, RunState, Schedule,
+    SqliteStore, StartRequest, StorePool, TokioWallClock, WallClock,
 };
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -22,7 +23,7 @@ async fn file_store(dir: &tempfile::TempDir) -> Arc<dyn JobStore> {
         .into_dyn()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_pool_never_runs_more_than_its_concurrency() {
     let gauge = Arc::new(Gauge::default());
     let release = Arc::new(Semaphore::new(0));
@@ -30,12 +31,11 @@ async fn the_pool_never_runs_more_than_its_concurrency() {
     for i in 0..6 {
         registry.register(ScriptJob::new(&format!("job_{i}")).sharing(&gauge, &release));
     }
-    let dir = tempfile::tempdir().unwrap();
-    let store = file_store(&dir).await;
+    let store = MemoryStore::new().into_dyn();
     let engine = JobEngine::launch(
         Arc::clone(&store),
         registry,
-        fast_config().with_concurrency(2),
+        virtual_time().with_concurrency(2),
     )
     .await
     .unwrap();
@@ -64,14 +64,13 @@ async fn the_pool_never_runs_more_than_its_concurrency() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn shutdown_hands_running_attempts_back_to_another_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = file_store(&dir).await;
+    let store = MemoryStore::new().into_dyn();
     let first = JobEngine::launch(
         Arc::clone(&store),
         JobRegistry::new().with_job(ScriptJob::new("job")),
-        fast_config(),
+        virtual_time(),
     )
     .await
     .unwrap();
@@ -82,7 +81,7 @@ async fn shutdown_hands_running_attempts_back_to_another_instance() {
         )
         .await
         .unwrap();
-    wait_for_state(&*store, started.run.id, RunState::Running).await;
+    wait_for_state(&first, started.run.id, RunState::Running).await;
     first.shutdown().await;
 
     let handed_back = store.get_run(started.run.id).await.unwrap().unwrap();
@@ -93,7 +92,7 @@ async fn shutdown_hands_running_attempts_back_to_another_instance() {
     let second = JobEngine::launch(
         Arc::clone(&store),
         JobRegistry::new().with_job(ScriptJob::new("job")),
-        fast_config(),
+        virtual_time(),
     )
     .await
     .unwrap();
@@ -104,14 +103,13 @@ async fn shutdown_hands_running_attempts_back_to_another_instance() {
     second.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn shutdown_lets_short_attempts_finish() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = file_store(&dir).await;
+    let store = MemoryStore::new().into_dyn();
     let engine = JobEngine::launch(
         Arc::clone(&store),
         JobRegistry::new().with_job(ScriptJob::new("job")),
-        fast_config().with_shutdown_grace(Duration::from_secs(30)),
+        virtual_time().with_shutdown_grace(Duration::from_secs(30)),
     )
     .await
     .unwrap();
@@ -119,21 +117,23 @@ async fn shutdown_lets_short_attempts_finish() {
         .start(StartRequest::new("job").with_params(json!({"steps": 3, "step_ms": 50})))
         .await
         .unwrap();
-    wait_for_state(&*store, started.run.id, RunState::Running).await;
+    wait_for_state(&engine, started.run.id, RunState::Running).await;
     engine.shutdown().await;
     let run = store.get_run(started.run.id).await.unwrap().unwrap();
     assert_eq!(run.state, RunState::Succeeded);
     assert_eq!(run.attempts, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_dead_workers_run_is_reclaimed_by_the_sweeper() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = file_store(&dir).await;
+    let clock = TokioWallClock::new(time::OffsetDateTime::now_utc());
+    let store = MemoryStore::new().into_dyn();
     let api = JobEngine::launch(
         Arc::clone(&store),
         JobRegistry::new().with_job(ScriptJob::new("job")),
-        fast_config().with_concurrency(0),
+        fast_config()
+            .with_clock(Arc::new(clock))
+            .with_concurrency(0),
     )
     .await
     .unwrap();
@@ -146,7 +146,7 @@ async fn a_dead_workers_run_is_reclaimed_by_the_sweeper() {
         .claim(
             InstanceId::new(),
             &["job".to_owned()],
-            time::OffsetDateTime::now_utc(),
+            clock.now(),
             Duration::from_millis(300),
         )
         .await
@@ -157,7 +157,7 @@ async fn a_dead_workers_run_is_reclaimed_by_the_sweeper() {
     let worker = JobEngine::launch(
         Arc::clone(&store),
         JobRegistry::new().with_job(ScriptJob::new("job")),
-        fast_config(),
+        fast_config().with_clock(Arc::new(clock)),
     )
     .await
     .unwrap();
@@ -218,7 +218,7 @@ async fn three_instances_fire_each_schedule_slot_once() {
     assert!(runs.iter().all(|run| run.state != RunState::Failed));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_manual_clock_expires_leases_and_fences_the_stalled_attempt() {
     let clock = Arc::new(ManualWallClock::new(time::OffsetDateTime::now_utc()));
     let config = || {
@@ -229,8 +229,7 @@ async fn a_manual_clock_expires_leases_and_fences_the_stalled_attempt() {
             .with_heartbeat_interval(Duration::from_secs(3600))
             .with_sweep_interval(Duration::from_secs(3600))
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store = file_store(&dir).await;
+    let store = MemoryStore::new().into_dyn();
     let stalled_job = ScriptJob::new("job");
     let release = Arc::clone(&stalled_job.release);
     let stalled = JobEngine::launch(
@@ -247,7 +246,7 @@ async fn a_manual_clock_expires_leases_and_fences_the_stalled_attempt() {
         )
         .await
         .unwrap();
-    wait_for_state(&*store, started.run.id, RunState::Running).await;
+    wait_for_state(&stalled, started.run.id, RunState::Running).await;
 
     // Past the lease, a newly started instance recovers the run at start-up.
     clock.advance(Duration::from_secs(61));

@@ -17,8 +17,8 @@ use super::openapi::{
     StartConflict, StartRefused, Unavailable, UnknownJob, UnsupportedMediaType,
 };
 use super::types::{
-    CancelResponse, JobState, JobStatusView, JobView, JobsResponse, LogEntry, LogsResponse,
-    RunsResponse, StartJobBody, StartNamedJobBody, StartResponse, StatusResponse,
+    CancelResponse, JobStatusView, JobView, JobsResponse, LogEntry, LogsResponse, RunsResponse,
+    StartJobBody, StartNamedJobBody, StartResponse, StatusResponse,
 };
 use crate::engine::StartRequest;
 use crate::model::{Progress, Run, RunId, RunState};
@@ -58,7 +58,7 @@ pub(crate) async fn list_jobs(State(state): State<ApiState>) -> ApiResult<Json<J
         .into_iter()
         .map(|job| JobView {
             description: state.descriptions.get(&job.name).cloned(),
-            state: JobState::from(job.state),
+            state: job.state,
             schedule: job.schedule,
             latest_run: job.latest_run,
             name: job.name,
@@ -89,7 +89,7 @@ pub(crate) async fn job_status(State(state): State<ApiState>) -> ApiResult<Json<
         .map(|job| {
             let run = job.latest_run.as_ref();
             let view = JobStatusView {
-                state: JobState::from(job.state),
+                state: job.state,
                 run_id: run.map(|run| run.id),
                 progress: run.map(|run| run.progress.clone()),
                 started_at: run.and_then(|run| run.started_at),

@@ -103,9 +103,8 @@ pub use openapi::{
 };
 pub use sse::{POSITION_EVENT, RESET_EVENT, RUN_EVENT};
 pub use types::{
-    CancelResponse, JobState, JobStatusView, JobView, JobsResponse, LogEntry, LogsResponse,
-    RunUpdate, RunUpdateKind, RunsResponse, StartJobBody, StartNamedJobBody, StartResponse,
-    StatusResponse,
+    CancelResponse, JobStatusView, JobView, JobsResponse, LogEntry, LogsResponse, RunUpdate,
+    RunUpdateKind, RunsResponse, StartJobBody, StartNamedJobBody, StartResponse, StatusResponse,
 };
 
 /// The path answered without a credential.

@@ -16,9 +16,8 @@ use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToResponse};
 
 use super::types::{
-    CancelResponse, JobState, JobStatusView, JobView, JobsResponse, LogEntry, LogsResponse,
-    RunUpdate, RunUpdateKind, RunsResponse, StartJobBody, StartNamedJobBody, StartResponse,
-    StatusResponse,
+    CancelResponse, JobStatusView, JobView, JobsResponse, LogEntry, LogsResponse, RunUpdate,
+    RunUpdateKind, RunsResponse, StartJobBody, StartNamedJobBody, StartResponse, StatusResponse,
 };
 use super::{ApiState, handlers, sse};
 use crate::model::{LogLevel, Progress, Run, RunId, RunState};
@@ -132,7 +131,7 @@ error_responses! {
     ),
     components(
         schemas(
-            ErrorBody, Run, RunId, RunState, Progress, LogLevel, JobState, JobView,
+            ErrorBody, Run, RunId, RunState, Progress, LogLevel, JobView,
             JobsResponse, JobStatusView, StatusResponse, StartJobBody, StartNamedJobBody,
             StartResponse, CancelResponse, RunsResponse, LogEntry, LogsResponse, RunUpdate,
             RunUpdateKind,

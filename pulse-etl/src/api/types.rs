@@ -13,46 +13,44 @@ use utoipa::ToSchema;
 
 use crate::model::{LogLevel, LogLine, Progress, Run, RunId, RunState};
 
-/// The state of a job in listings: its latest run's state, or `idle` when it never ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum JobState {
-    /// The job never ran.
-    Idle,
-    /// Its latest run waits for a worker.
-    Pending,
-    /// Its latest run is executing.
-    Running,
-    /// Its latest run waits for its next attempt.
-    Retrying,
-    /// Its latest run is being cancelled.
-    Cancelling,
-    /// Its latest run succeeded.
-    Succeeded,
-    /// Its latest run failed.
-    Failed,
-    /// Its latest run was cancelled.
-    Cancelled,
-}
+/// A job's `state` in listings: its latest run's [`RunState`], or `idle` (`None`) when it
+/// never ran. One enum serves runs and jobs; this is only its wire form.
+pub(crate) mod latest_state {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+    use utoipa::openapi::{ObjectBuilder, Type, schema::SchemaType};
 
-impl From<RunState> for JobState {
-    fn from(state: RunState) -> Self {
-        match state {
-            RunState::Pending => JobState::Pending,
-            RunState::Running => JobState::Running,
-            RunState::Retrying => JobState::Retrying,
-            RunState::Cancelling => JobState::Cancelling,
-            RunState::Succeeded => JobState::Succeeded,
-            RunState::Failed => JobState::Failed,
-            RunState::Cancelled => JobState::Cancelled,
-        }
+    use crate::model::RunState;
+
+    /// The name of a job that never ran.
+    pub(crate) const IDLE: &str = "idle";
+
+    pub(crate) fn serialize<S: Serializer>(
+        state: &Option<RunState>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(state.map_or(IDLE, RunState::as_str))
     }
-}
 
-impl From<Option<RunState>> for JobState {
-    fn from(state: Option<RunState>) -> Self {
-        state.map_or(JobState::Idle, JobState::from)
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<RunState>, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        if name == IDLE {
+            return Ok(None);
+        }
+        name.parse().map(Some).map_err(D::Error::custom)
+    }
+
+    /// The schema: `idle` or one of [`RunState::ALL`].
+    pub(crate) fn schema() -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::new(Type::String))
+            .description(Some(
+                "The latest run's state, or `idle` when the job never ran.",
+            ))
+            .enum_values(Some(
+                std::iter::once(IDLE).chain(RunState::ALL.map(RunState::as_str)),
+            ))
     }
 }
 
@@ -65,8 +63,10 @@ pub struct JobView {
     pub description: Option<String>,
     /// Its schedule (`every 300s` or the cron expression), if any.
     pub schedule: Option<String>,
-    /// The latest run's state, or `idle`.
-    pub state: JobState,
+    /// The latest run's state; `None` (`"idle"` on the wire) when the job never ran.
+    #[serde(with = "latest_state")]
+    #[schema(schema_with = latest_state::schema, required = true)]
+    pub state: Option<RunState>,
     /// Its latest run.
     pub latest_run: Option<Run>,
 }
@@ -81,8 +81,10 @@ pub struct JobsResponse {
 /// One job's entry in the [`StatusResponse`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobStatusView {
-    /// The latest run's state, or `idle`.
-    pub state: JobState,
+    /// The latest run's state; `None` (`"idle"` on the wire) when the job never ran.
+    #[serde(with = "latest_state")]
+    #[schema(schema_with = latest_state::schema, required = true)]
+    pub state: Option<RunState>,
     /// The latest run's id.
     pub run_id: Option<RunId>,
     /// The latest run's progress.

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pulse_etl::{
-    EngineConfig, Job, JobContext, JobError, JobOutput, JobStore, RetryPolicy, Run, RunId,
-    RunState, Schedule, StorePool,
+    EngineConfig, Job, JobContext, JobEngine, JobError, JobOutput, JobRegistry, JobStore,
+    MemoryStore, RetryPolicy, Run, RunEvent, RunEventKind, RunId, RunState, Schedule, StorePool,
+    TokioWallClock,
 };
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, broadcast};
 
 /// How long a test waits for a state before it gives up (a safety net, not an assertion
 /// about speed).
@@ -28,6 +29,26 @@ pub fn fast_config() -> EngineConfig {
         .with_poll_interval(Duration::from_millis(20))
         .with_cancel_grace(Duration::from_millis(300))
         .with_shutdown_grace(Duration::from_millis(300))
+}
+
+/// [`fast_config`] on a wall clock that follows tokio's: with `start_paused`, leases,
+/// backoffs and grace periods pass in virtual time.
+pub fn virtual_time() -> EngineConfig {
+    fast_config().with_clock(Arc::new(TokioWallClock::new(
+        time::OffsetDateTime::now_utc(),
+    )))
+}
+
+/// An engine over a fresh in-memory store.
+pub async fn memory_engine(
+    registry: JobRegistry,
+    config: EngineConfig,
+) -> (JobEngine, Arc<dyn JobStore>) {
+    let store = MemoryStore::new().into_dyn();
+    let engine = JobEngine::launch(Arc::clone(&store), registry, config)
+        .await
+        .unwrap();
+    (engine, store)
 }
 
 /// What a [`ScriptJob`] run does, from its params.
@@ -268,7 +289,10 @@ pub async fn output_writes(store: &dyn JobStore, run_id: RunId) -> i64 {
     }
 }
 
-/// Polls the store until the run satisfies `done`; panics with the run after [`PATIENCE`].
+/// Polls the store until the run satisfies `done`; panics with the run after
+/// [`PATIENCE`]. For runs that worker processes execute (the recovery tests), whose
+/// progress this process can only read from the database; in-process engines are
+/// awaited with [`wait_for_state`].
 pub async fn wait_for_run(
     store: &dyn JobStore,
     run_id: RunId,
@@ -291,9 +315,36 @@ pub async fn wait_for_run(
     }
 }
 
-/// Waits until the run reaches `state`.
-pub async fn wait_for_state(store: &dyn JobStore, run_id: RunId, state: RunState) -> Run {
-    wait_for_run(store, run_id, state.as_str(), |run| run.state == state).await
+/// Waits until the run is in `state`, on the engine's event stream (an instance sees the
+/// events of every instance on its store), never by polling: it subscribes first, then
+/// reads the run, so a change between the two is not missed. Panics after [`PATIENCE`]
+/// without a matching event.
+pub async fn wait_for_state(engine: &JobEngine, run_id: RunId, state: RunState) -> Run {
+    let mut events = engine.subscribe();
+    loop {
+        let run = engine.run(run_id).await.unwrap();
+        if run.state == state {
+            return run;
+        }
+        loop {
+            let event = tokio::time::timeout(PATIENCE, events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("gave up waiting for {state}: {run:?}"));
+            match event {
+                Ok(RunEvent {
+                    run_id: id,
+                    kind: RunEventKind::State { state: now, .. },
+                    ..
+                }) if id == run_id && now == state => break,
+                Ok(_) => {}
+                // Missed some: read the run again.
+                Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => {
+                    panic!("the event stream ended before {state}: {run:?}")
+                }
+            }
+        }
+    }
 }
 
 /// Waits until `check` holds, polling; panics after [`PATIENCE`].
