@@ -12,7 +12,7 @@ use crate::rbac;
 ///
 /// Only authentication layers create it, from a verified credential; a handler that
 /// asks for it when no such layer ran gets a 401 (the axum extractor fails closed).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Identity {
     /// The stable user id (the token's `sub`).

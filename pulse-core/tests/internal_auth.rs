@@ -707,6 +707,53 @@ async fn axum_caller_extractor_fails_closed() {
     assert_eq!(body, "b");
 }
 
+#[test]
+fn a_reused_token_serves_its_window_then_a_fresh_one_is_minted() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    let at = Arc::new(AtomicU64::new(NOW));
+    let clock = {
+        let at = Arc::clone(&at);
+        move || UNIX_EPOCH + Duration::from_secs(at.load(Ordering::SeqCst))
+    };
+    let minter = InternalTokenMinter::new(SigningKey::hmac(TOKEN_SECRET).unwrap(), "pulse-gateway")
+        .with_clock(clock)
+        .with_reuse(Duration::from_secs(15), 100);
+    let alice = Identity::new("alice").with_permissions(["etl.access"]);
+    let first = minter.mint(&alice, "pulse-etl").unwrap();
+    assert_eq!(token_verifier().verify(&first).unwrap().subject, "alice");
+
+    at.store(NOW + 14, Ordering::SeqCst);
+    assert_eq!(minter.mint(&alice, "pulse-etl").unwrap(), first);
+    let header = minter.mint_header(&alice, "pulse-etl").unwrap();
+    assert_eq!(header.as_bytes(), first.as_bytes());
+    assert!(header.is_sensitive());
+
+    // A changed identity (other grants) or another audience never gets alice's token.
+    let admin = alice.clone().with_roles(["admin"]);
+    assert_ne!(minter.mint(&admin, "pulse-etl").unwrap(), first);
+    assert_ne!(minter.mint(&alice, "pulse-billing").unwrap(), first);
+
+    // Past the window: a fresh token (new iat, exp and jti).
+    at.store(NOW + 15, Ordering::SeqCst);
+    let fresh = minter.mint(&alice, "pulse-etl").unwrap();
+    assert_ne!(fresh, first);
+    // A clock set back before a kept token's iat does not reuse it either.
+    at.store(NOW, Ordering::SeqCst);
+    assert_ne!(minter.mint(&alice, "pulse-etl").unwrap(), fresh);
+}
+
+#[test]
+fn without_reuse_every_token_is_fresh() {
+    let alice = Identity::new("alice");
+    let minter = minter();
+    let one = minter.mint(&alice, "pulse-etl").unwrap();
+    let two = minter.mint(&alice, "pulse-etl").unwrap();
+    assert_ne!(one, two, "a fresh jti each time");
+}
+
 // ---- property tests ------------------------------------------------------------------------
 
 mod properties {

@@ -3,6 +3,7 @@
 
 use std::{
     fmt,
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -16,6 +17,10 @@ use crate::{
     identity::Identity,
     jwt::{Claims, IssueError, JwtVerifier, KeySource, SigningKey, TokenError, TokenIssuer},
 };
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 /// The longest internal token lifetime a receiver accepts by default: 60 seconds, what
 /// [`InternalTokenMinter`] mints by default ([`DEFAULT_INTERNAL_TOKEN_LIFETIME`]).
@@ -51,6 +56,22 @@ pub const DEFAULT_MAX_INTERNAL_TOKEN_LIFETIME: Duration = DEFAULT_INTERNAL_TOKEN
 pub struct InternalTokenMinter {
     issuer: TokenIssuer,
     issuer_id: String,
+    reuse: Option<Reuse>,
+}
+
+/// Tokens kept for reuse: the latest one per subject, with the identity and audience it
+/// was minted for.
+#[derive(Clone)]
+struct Reuse {
+    window_secs: u64,
+    tokens: moka::sync::Cache<String, Arc<Minted>>,
+}
+
+struct Minted {
+    identity: Identity,
+    audience: String,
+    issued_at: u64,
+    value: HeaderValue,
 }
 
 impl InternalTokenMinter {
@@ -63,7 +84,45 @@ impl InternalTokenMinter {
                 .with_lifetime(DEFAULT_INTERNAL_TOKEN_LIFETIME)
                 .with_type(INTERNAL_TOKEN_TYPE),
             issuer_id,
+            reuse: None,
         }
+    }
+
+    /// Reuse a minted token for the same identity and audience while it is younger
+    /// than `window` (whole seconds; off by default: a fresh token, with a fresh `jti`,
+    /// per call). Signing is the costly part of forwarding a request on a user's behalf;
+    /// with reuse a busy user costs one signature per window. A receiver then sees each
+    /// token at most `window` old, so it stays valid for the lifetime minus `window`:
+    /// keep `window` well below the lifetime (a quarter, say). Tokens are kept for at
+    /// most `max_users` subjects, the latest token of each, never past `window`.
+    ///
+    /// Not for receivers with [`InternalTokenVerifier::with_replay_protection`], which
+    /// accept each `jti` once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pulse_core::{Identity, internal_auth::InternalTokenMinter, jwt::SigningKey};
+    ///
+    /// let minter = InternalTokenMinter::new(SigningKey::hmac([9u8; 32])?, "pulse-gateway")
+    ///     .with_reuse(Duration::from_secs(15), 10_000);
+    /// let alice = Identity::new("alice").with_permissions(["etl.access"]);
+    /// let first = minter.mint(&alice, "pulse-etl")?;
+    /// assert_eq!(minter.mint(&alice, "pulse-etl")?, first);
+    /// // Another audience or another identity gets a token of its own.
+    /// assert_ne!(minter.mint(&alice, "pulse-billing")?, first);
+    /// assert_ne!(minter.mint(&alice.clone().with_roles(["admin"]), "pulse-etl")?, first);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn with_reuse(mut self, window: Duration, max_users: u64) -> Self {
+        self.reuse = (window.as_secs() > 0).then(|| Reuse {
+            window_secs: window.as_secs(),
+            tokens: moka::sync::Cache::builder()
+                .max_capacity(max_users)
+                .time_to_live(window)
+                .build(),
+        });
+        self
     }
 
     /// How long minted tokens live (default [`DEFAULT_INTERNAL_TOKEN_LIFETIME`]).
@@ -87,12 +146,12 @@ impl InternalTokenMinter {
         &self.issuer_id
     }
 
-    /// A token for `identity`, addressed to the service `audience`.
+    /// A token for `identity`, addressed to the service `audience` (a fresh one, or
+    /// with [`with_reuse`](Self::with_reuse) a recent one minted for the same).
     pub fn mint(&self, identity: &Identity, audience: &str) -> Result<String, IssueError> {
-        Ok(self
-            .issuer
-            .issue_for(identity, Some(audience), &crate::jwt::IssueOptions::new())?
-            .access_token)
+        let value = self.mint_header(identity, audience)?;
+        // A JWT is base64url and dots: always visible ASCII.
+        Ok(String::from_utf8_lossy(value.as_bytes()).into_owned())
     }
 
     /// [`InternalTokenMinter::mint`] as a sensitive header value for
@@ -102,12 +161,42 @@ impl InternalTokenMinter {
         identity: &Identity,
         audience: &str,
     ) -> Result<HeaderValue, IssueError> {
-        let token = self.mint(identity, audience)?;
+        let Some(reuse) = &self.reuse else {
+            return self.sign(identity, audience).map(|(value, _)| value);
+        };
+        let now = unix_seconds(self.issuer.now());
+        if let Some(minted) = reuse.tokens.get(identity.subject.as_str())
+            && minted.identity == *identity
+            && minted.audience == audience
+            // Young enough on the minter's own clock (and never from its future).
+            && (minted.issued_at..minted.issued_at + reuse.window_secs).contains(&now)
+        {
+            return Ok(minted.value.clone());
+        }
+        let (value, issued_at) = self.sign(identity, audience)?;
+        reuse.tokens.insert(
+            identity.subject.clone(),
+            Arc::new(Minted {
+                identity: identity.clone(),
+                audience: audience.to_owned(),
+                issued_at,
+                value: value.clone(),
+            }),
+        );
+        Ok(value)
+    }
+
+    /// A freshly signed token as a sensitive header value, with its `iat`.
+    fn sign(&self, identity: &Identity, audience: &str) -> Result<(HeaderValue, u64), IssueError> {
+        let issued =
+            self.issuer
+                .issue_for(identity, Some(audience), &crate::jwt::IssueOptions::new())?;
+        let issued_at = unix_seconds(issued.expires_at).saturating_sub(issued.expires_in);
         // A JWT is base64url and dots: always a valid header value.
-        let mut value = HeaderValue::from_maybe_shared(bytes::Bytes::from(token))
+        let mut value = HeaderValue::from_maybe_shared(bytes::Bytes::from(issued.access_token))
             .unwrap_or_else(|_| HeaderValue::from_static(""));
         value.set_sensitive(true);
-        Ok(value)
+        Ok((value, issued_at))
     }
 }
 
@@ -116,6 +205,10 @@ impl fmt::Debug for InternalTokenMinter {
         f.debug_struct("InternalTokenMinter")
             .field("issuer", &self.issuer_id)
             .field("lifetime", &self.issuer.lifetime())
+            .field(
+                "reuse_window_secs",
+                &self.reuse.as_ref().map(|reuse| reuse.window_secs),
+            )
             .finish_non_exhaustive()
     }
 }

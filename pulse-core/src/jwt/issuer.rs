@@ -114,6 +114,12 @@ impl TokenIssuer {
         self
     }
 
+    /// The time on the issuer's clock.
+    #[cfg_attr(not(feature = "internal-auth"), allow(dead_code))]
+    pub(crate) fn now(&self) -> SystemTime {
+        (self.clock)()
+    }
+
     /// Set the `typ` header (default [`USER_TOKEN_TYPE`]).
     #[must_use]
     #[cfg_attr(not(feature = "internal-auth"), allow(dead_code))]

@@ -516,7 +516,8 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenError> {
         return Err(TokenError::Missing);
     }
     let token = token.trim_matches(' ');
-    if token.is_empty() || token.contains([' ', '\t']) {
+    // One pass over the bytes (a `char` pattern search costs several times more).
+    if token.is_empty() || token.bytes().any(|b| b == b' ' || b == b'\t') {
         return Err(TokenError::MalformedHeader);
     }
     Ok(token)

@@ -436,7 +436,8 @@ impl<S> Pool<S> {
         } else {
             None
         };
-        let (method, headers) = (request.method().clone(), request.headers().clone());
+        // Known before the request goes: a copy of its method and headers is not kept.
+        let idempotent = again.is_some() && is_idempotent(request.method(), request.headers());
         let first = self.pick(None);
         let error = match self.send_to(first, request).await {
             Ok(response) => {
@@ -445,7 +446,7 @@ impl<S> Pool<S> {
             }
             Err(error) => error,
         };
-        let Some(again) = again.filter(|_| is_retryable(&error, &method, &headers)) else {
+        let Some(again) = again.filter(|_| retry::may_retry(&error, idempotent)) else {
             return Err(error);
         };
         let from = shared.instances[first].name();

@@ -31,6 +31,11 @@ pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
 /// answer is a response, not an error, so it never comes here; the client's own
 /// faults (a bad or too large body) are never retried.
 pub fn is_retryable(error: &ProxyError, method: &Method, headers: &HeaderMap) -> bool {
+    may_retry(error, is_idempotent(method, headers))
+}
+
+/// [`is_retryable`] for a request already known to be idempotent or not.
+pub(crate) fn may_retry(error: &ProxyError, idempotent: bool) -> bool {
     let never_sent = matches!(
         error,
         ProxyError::ConnectRefused
@@ -43,7 +48,7 @@ pub fn is_retryable(error: &ProxyError, method: &Method, headers: &HeaderMap) ->
             }
     );
     never_sent
-        || (is_idempotent(method, headers)
+        || (idempotent
             && matches!(
                 error,
                 ProxyError::Protocol

@@ -5,7 +5,9 @@
 //! Every label set is bounded whatever clients send: the route is the pattern axum
 //! matched (`unmatched` for none), the method one of the standard ones or `other`.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -13,6 +15,7 @@ use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use metrics::{Counter, Histogram};
 use pulse_breaker::State as BreakerState;
 use pulse_proxy::ProxyError;
 
@@ -27,25 +30,55 @@ pub const OTHER_METHOD: &str = "other";
 /// `pulse_http_request_duration_seconds{route,method}`; proxy failures also count in
 /// `pulse_proxy_errors_total{kind}`. Layer it with `Router::layer`, so that it runs
 /// after routing and sees the [`MatchedPath`].
-pub async fn record(request: Request, next: Next) -> Response {
-    let route = route_label(request.extensions().get::<MatchedPath>());
+pub async fn record(State(series): State<RequestSeries>, request: Request, next: Next) -> Response {
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
     let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("pulse_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
-        .increment(1);
-    metrics::histogram!("pulse_http_request_duration_seconds", "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
+    series.record(route, method, response.status().as_u16(), started.elapsed());
     if let Some(error) = response.extensions().get::<ProxyError>() {
         metrics::counter!("pulse_proxy_errors_total", "kind" => error.kind()).increment(1);
     }
     response
 }
 
-/// The route pattern axum matched (e.g. `/api/etl/{*path}`), or [`UNMATCHED`].
-pub fn route_label(matched: Option<&MatchedPath>) -> String {
-    matched.map_or(UNMATCHED, MatchedPath::as_str).to_owned()
+/// The request counter and latency histogram of each (route, method, status) seen,
+/// kept so that a request costs one map lookup instead of the recorder's (labels built
+/// as strings, hashed and compared on every call). Bounded like the labels: routes are
+/// patterns, methods the standard ones, statuses three digits.
+#[derive(Clone, Default)]
+pub struct RequestSeries {
+    by_route: Arc<RwLock<HashMap<String, RouteSeries>>>,
+}
+
+/// One route's series: by (method, status), its request counter and latency histogram.
+type RouteSeries = HashMap<(&'static str, u16), (Counter, Histogram)>;
+
+impl RequestSeries {
+    fn record(&self, route: &str, method: &'static str, status: u16, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let by_route = self.by_route.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some((requests, latency)) = by_route
+            .get(route)
+            .and_then(|series| series.get(&(method, status)))
+        {
+            requests.increment(1);
+            latency.record(seconds);
+            return;
+        }
+        drop(by_route);
+        let requests = metrics::counter!("pulse_http_requests_total", "route" => route.to_owned(), "method" => method, "status" => status.to_string());
+        let latency = metrics::histogram!("pulse_http_request_duration_seconds", "route" => route.to_owned(), "method" => method);
+        requests.increment(1);
+        latency.record(seconds);
+        self.by_route
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(route.to_owned())
+            .or_default()
+            .insert((method, status), (requests, latency));
+    }
 }
 
 /// The method, when it is one of the standard ones (RFC 9110, and PATCH), else

@@ -66,6 +66,9 @@ pub const TOKEN_ISSUER: &str = "pulse-gateway";
 pub const TOKEN_AUDIENCE: &str = "pulse-api";
 /// How long `/api/etl/jobs/status` answers are cached.
 pub const STATUS_CACHE_TTL: Duration = Duration::from_secs(1);
+/// How long the gateway reuses an internal token minted for a user (a quarter of the
+/// token's 60 s lifetime).
+pub const INTERNAL_TOKEN_REUSE: Duration = Duration::from_secs(15);
 /// `Retry-After` of a 503 when the breaker knows no better (its circuit is closed, so
 /// the failure was just counted): try again soon, the next answer is fast either way.
 pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -265,9 +268,12 @@ pub async fn start(
     })?);
 
     // Signed with the first internal key, named by its id: receivers holding the
-    // whole ring accept it while the keys rotate.
+    // whole ring accept it while the keys rotate. A user's token is reused for 15 s (a
+    // quarter of its 60 s life), so a busy user costs one signature per 15 s, not one
+    // per request; the ETL does not keep a replay list that would refuse a reuse.
     let minter =
-        InternalTokenMinter::new(secrets.internal_token_signing_key()?, INTERNAL_TOKEN_ISSUER);
+        InternalTokenMinter::new(secrets.internal_token_signing_key()?, INTERNAL_TOKEN_ISSUER)
+            .with_reuse(INTERNAL_TOKEN_REUSE, 10_000);
 
     let etl_timeout = Duration::from_millis(options.etl_timeout_ms);
     let etl_urls = upstream::parse_urls(&etl_url, "PULSE_ETL_URL")?;
@@ -384,16 +390,22 @@ pub async fn start(
             "/api/etl/{*path}",
             proxy.map_response(IntoResponse::into_response),
         )
-        // Accepted starts and cancels go into the audit trail (user, job, run, request).
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&users),
-            job_audit::record,
-        ))
-        // Deny by default: etl.access for anything, etl.jobs.run to start or cancel.
-        .layer(AuthorizeLayer::new(rule_table()?))
-        // Everything under /api/etl needs a valid user token (401 + WWW-Authenticate
-        // otherwise); the verified user becomes the span's user_id.
-        .layer(JwtAuthLayer::new(verifier.clone()));
+        // One `Router::layer` for the three: each call boxes every route once more,
+        // and a boxed route is cloned per request.
+        .layer(
+            ServiceBuilder::new()
+                // Everything under /api/etl needs a valid user token (401 +
+                // WWW-Authenticate otherwise); the verified user becomes the span's user_id.
+                .layer(JwtAuthLayer::new(verifier.clone()))
+                // Deny by default: etl.access for anything, etl.jobs.run to start or cancel.
+                .layer(AuthorizeLayer::new(rule_table()?))
+                // Accepted starts and cancels go into the audit trail (user, job, run,
+                // request).
+                .layer(middleware::from_fn_with_state(
+                    Arc::clone(&users),
+                    job_audit::record,
+                )),
+        );
 
     // `/api/admin/*`: a user token (JWT), then users.manage by the rule table.
     let admin_routes = admin::router(Arc::clone(&users))
@@ -431,23 +443,37 @@ pub async fn start(
         .fallback(not_found)
         // A known route asked with another method (made-up ones included): JSON 405.
         .method_not_allowed_fallback(method_not_allowed)
-        // Every answer, by matched route, method and status (401s, 403s and 404s
-        // included); `Router::layer` wraps each route, so the matched route is known.
-        .layer(middleware::from_fn(metrics::record))
-        // API answers are JSON: no browser may sniff them into HTML.
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        // Retry-After on every 503 without one, from the breaker, so clients back off.
-        .layer(middleware::from_fn_with_state(
-            etl_pool.clone(),
-            retry_after_on_503,
-        ))
-        // One log line per request, inside the request span (request_id, user_id).
-        .layer(TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)))
-        // Outermost, edge mode: the gateway chooses the id; a client's is logged as client_request_id.
-        .layer(RequestIdLayer::edge());
+        // The edge layers, outermost first, in one `Router::layer` (each call boxes every
+        // route once more, and a boxed route is cloned per request). `Router::layer`
+        // wraps each route, so the matched route is known to the metrics.
+        .layer(
+            ServiceBuilder::new()
+                // Edge mode: the gateway chooses the id; a client's is logged as
+                // client_request_id.
+                .layer(RequestIdLayer::edge())
+                // One log line per request, inside the request span (request_id, user_id).
+                .layer(
+                    TraceLayer::new_for_http()
+                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                )
+                // Retry-After on every 503 without one, from the breaker, so clients
+                // back off.
+                .layer(middleware::from_fn_with_state(
+                    etl_pool.clone(),
+                    retry_after_on_503,
+                ))
+                // API answers are JSON: no browser may sniff them into HTML.
+                .layer(SetResponseHeaderLayer::if_not_present(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                ))
+                // Every answer, by matched route, method and status (401s, 403s and 404s
+                // included).
+                .layer(middleware::from_fn_with_state(
+                    metrics::RequestSeries::default(),
+                    metrics::record,
+                )),
+        );
 
     let server = serve("backend", listener, router, tls, options.limits())?;
     // Prometheus convention: metrics on their own port, loopback by default, so the
