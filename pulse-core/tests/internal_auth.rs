@@ -746,6 +746,37 @@ fn a_reused_token_serves_its_window_then_a_fresh_one_is_minted() {
 }
 
 #[test]
+fn a_reuse_window_is_whole_seconds_and_at_most_half_the_lifetime() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    let alice = Identity::new("alice");
+    // Under a second: no reuse at all.
+    let minter = minter().with_reuse(Duration::from_millis(500), 100);
+    assert_ne!(
+        minter.mint(&alice, "pulse-etl").unwrap(),
+        minter.mint(&alice, "pulse-etl").unwrap()
+    );
+    // A window past the lifetime is cut to half of it: a token is never handed out
+    // after it expired, nor with less than half its life left.
+    let at = Arc::new(AtomicU64::new(NOW));
+    let clock = {
+        let at = Arc::clone(&at);
+        move || UNIX_EPOCH + Duration::from_secs(at.load(Ordering::SeqCst))
+    };
+    let minter = InternalTokenMinter::new(SigningKey::hmac(TOKEN_SECRET).unwrap(), "pulse-gateway")
+        .with_reuse(Duration::from_secs(600), 100)
+        .with_lifetime(Duration::from_secs(60))
+        .with_clock(clock);
+    let first = minter.mint(&alice, "pulse-etl").unwrap();
+    at.store(NOW + 29, Ordering::SeqCst);
+    assert_eq!(minter.mint(&alice, "pulse-etl").unwrap(), first);
+    at.store(NOW + 30, Ordering::SeqCst);
+    assert_ne!(minter.mint(&alice, "pulse-etl").unwrap(), first);
+}
+
+#[test]
 fn without_reuse_every_token_is_fresh() {
     let alice = Identity::new("alice");
     let minter = minter();

@@ -93,7 +93,8 @@ impl InternalTokenMinter {
     /// per call). Signing is the costly part of forwarding a request on a user's behalf;
     /// with reuse a busy user costs one signature per window. A receiver then sees each
     /// token at most `window` old, so it stays valid for the lifetime minus `window`:
-    /// keep `window` well below the lifetime (a quarter, say). Tokens are kept for at
+    /// keep `window` well below the lifetime (a quarter, say; more than half the
+    /// lifetime is used as half, whatever the order of the builders). Tokens are kept for at
     /// most `max_users` subjects, the latest token of each, never past `window`.
     ///
     /// Not for receivers with [`InternalTokenVerifier::with_replay_protection`], which
@@ -168,8 +169,10 @@ impl InternalTokenMinter {
         if let Some(minted) = reuse.tokens.get(identity.subject.as_str())
             && minted.identity == *identity
             && minted.audience == audience
-            // Young enough on the minter's own clock (and never from its future).
-            && (minted.issued_at..minted.issued_at + reuse.window_secs).contains(&now)
+            // Young enough on the minter's own clock (and never from its future); never
+            // more than half the lifetime, so a reused token has time left to be used.
+            && (minted.issued_at..minted.issued_at + self.reuse_window_secs(reuse))
+                .contains(&now)
         {
             return Ok(minted.value.clone());
         }
@@ -184,6 +187,11 @@ impl InternalTokenMinter {
             }),
         );
         Ok(value)
+    }
+
+    /// The reuse window in use: the configured one, at most half the lifetime.
+    fn reuse_window_secs(&self, reuse: &Reuse) -> u64 {
+        reuse.window_secs.min(self.issuer.lifetime().as_secs() / 2)
     }
 
     /// A freshly signed token as a sensitive header value, with its `iat`.
