@@ -4,15 +4,8 @@
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::{AttemptOutcome, StoreError};
-use crate::model::{LogLine, RunEvent, RunEventKind, RunState};
-
-/// The states that hold a job's single active slot (the partial unique index).
-pub(crate) const SLOT_STATES: &str = "('pending','running','retrying')";
-/// The states in which an attempt executes.
-pub(crate) const EXECUTING_STATES: &str = "('running','cancelling')";
-/// The states in which a run is not finished.
-pub(crate) const ACTIVE_STATES: &str = "('pending','running','retrying','cancelling')";
+use super::{AttemptOutcome, CancelOutcome, StoreError, SweepReport};
+use crate::model::{LogLine, Run, RunEvent, RunEventKind, RunId, RunState};
 
 /// The error written when a sweep reclaims a run whose worker stopped heartbeating.
 pub(crate) const LEASE_EXPIRED: &str = "lease expired: the worker stopped heartbeating";
@@ -154,6 +147,38 @@ impl Transition {
     }
 }
 
+/// The state a cancel moves a run in `state` to; `None` when it changes nothing (the
+/// run finished, or is already cancelling).
+pub(crate) fn cancel_next(state: RunState) -> Option<RunState> {
+    match state {
+        state if state.is_terminal() => None,
+        RunState::Cancelling => None,
+        RunState::Running => Some(RunState::Cancelling),
+        _ => Some(RunState::Cancelled),
+    }
+}
+
+/// The outcome of a cancel that moved `run` (as it is now) to `next`, or changed
+/// nothing (`None`).
+pub(crate) fn cancel_outcome(run: Run, next: Option<RunState>) -> CancelOutcome {
+    match next {
+        Some(RunState::Cancelled) => CancelOutcome::Cancelled(run),
+        None if run.state.is_terminal() => CancelOutcome::AlreadyFinished(run),
+        _ => CancelOutcome::Cancelling(run),
+    }
+}
+
+impl SweepReport {
+    /// Counts a run the sweep moved to `state`.
+    pub(crate) fn record(&mut self, id: RunId, state: RunState) {
+        match state {
+            RunState::Retrying => self.retried.push(id),
+            RunState::Cancelled => self.cancelled.push(id),
+            _ => self.failed.push(id),
+        }
+    }
+}
+
 /// Microseconds since the Unix epoch (SQLite stores times as such integers).
 pub(crate) fn to_micros(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
@@ -202,12 +227,6 @@ pub(crate) fn parse_json(text: &str, column: &str) -> Result<Value, StoreError> 
 #[cfg(feature = "sqlite")]
 pub(crate) fn parse_uuid(text: &str, column: &str) -> Result<uuid::Uuid, StoreError> {
     uuid::Uuid::parse_str(text).map_err(|err| StoreError::Corrupt(format!("{column}: {err}")))
-}
-
-/// Serialises an event kind for its row.
-#[cfg(feature = "sqlite")]
-pub(crate) fn event_payload(kind: &RunEventKind) -> String {
-    serde_json::to_string(kind).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// The event row's `kind` column.

@@ -12,7 +12,10 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use super::common::{Transition, finish_transition, log_line, sweep_transition, truncate_micros};
+use super::common::{
+    Transition, cancel_next, cancel_outcome, finish_transition, log_line, sweep_transition,
+    truncate_micros,
+};
 use super::{
     AttemptFence, AttemptOutcome, CancelOutcome, Claim, CreateOutcome, JobStore, LeaseStatus,
     NewRun, PruneBatch, PruneReport, StoreError, StorePool, SweepReport,
@@ -386,18 +389,21 @@ impl JobStore for MemoryStore {
         })
     }
 
-    async fn claim(
+    async fn claim_many(
         &self,
         instance: InstanceId,
         jobs: &[String],
         now: OffsetDateTime,
         lease: Duration,
-    ) -> Result<Option<Claim>, StoreError> {
+        max: usize,
+    ) -> Result<Vec<Claim>, StoreError> {
         let now = truncate_micros(now);
         self.write(|state| {
-            let claim = state.claim(instance, jobs, now, lease);
-            let changed = claim.is_some();
-            Ok((claim, changed))
+            let claims: Vec<Claim> = std::iter::from_fn(|| state.claim(instance, jobs, now, lease))
+                .take(max)
+                .collect();
+            let changed = !claims.is_empty();
+            Ok((claims, changed))
         })
     }
 
@@ -515,25 +521,13 @@ impl JobStore for MemoryStore {
             let Some(row) = state.runs.get(&id) else {
                 return Ok((CancelOutcome::NotFound, false));
             };
-            let next = match row.run.state {
-                current if current.is_terminal() => {
-                    return Ok((CancelOutcome::AlreadyFinished(row.run.clone()), false));
-                }
-                RunState::Cancelling => {
-                    return Ok((CancelOutcome::Cancelling(row.run.clone()), false));
-                }
-                RunState::Running => RunState::Cancelling,
-                _ => RunState::Cancelled,
+            let Some(next) = cancel_next(row.run.state) else {
+                return Ok((cancel_outcome(row.run.clone(), None), false));
             };
             let run = state
                 .cancel(id, next, now)
                 .ok_or_else(|| StoreError::Corrupt(format!("run {id} vanished")))?;
-            let outcome = if next == RunState::Cancelled {
-                CancelOutcome::Cancelled(run)
-            } else {
-                CancelOutcome::Cancelling(run)
-            };
-            Ok((outcome, true))
+            Ok((cancel_outcome(run, Some(next)), true))
         })
     }
 
@@ -560,13 +554,8 @@ impl JobStore for MemoryStore {
             let mut report = SweepReport::default();
             for (id, run_state, attempts, max_attempts) in expired {
                 let transition = sweep_transition(run_state, attempts, max_attempts, now);
-                let next = transition.state;
+                report.record(id, transition.state);
                 state.apply(id, attempts, transition, now);
-                match next {
-                    RunState::Retrying => report.retried.push(id),
-                    RunState::Cancelled => report.cancelled.push(id),
-                    _ => report.failed.push(id),
-                }
             }
             let changed = !report.is_empty();
             Ok((report, changed))

@@ -30,6 +30,8 @@ mod error;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -261,12 +263,12 @@ pub trait JobStore: Send + Sync + 'static {
         jobs: &[String],
         now: OffsetDateTime,
         lease: Duration,
-    ) -> Result<Option<Claim>, StoreError>;
+    ) -> Result<Option<Claim>, StoreError> {
+        Ok(self.claim_many(instance, jobs, now, lease, 1).await?.pop())
+    }
 
     /// Claims up to `max` runs at once, as [`JobStore::claim`] claims one (oldest due
-    /// first, at most one per job); fewer (or none) when fewer are due. A store that
-    /// can claim several in one statement overrides this; the default claims one at a
-    /// time.
+    /// first, at most one per job); fewer (or none) when fewer are due.
     async fn claim_many(
         &self,
         instance: InstanceId,
@@ -274,19 +276,7 @@ pub trait JobStore: Send + Sync + 'static {
         now: OffsetDateTime,
         lease: Duration,
         max: usize,
-    ) -> Result<Vec<Claim>, StoreError> {
-        let mut claims = Vec::new();
-        while claims.len() < max {
-            match self.claim(instance, jobs, now, lease).await {
-                Ok(Some(claim)) => claims.push(claim),
-                Ok(None) => break,
-                // What was claimed is committed: hand it to the caller, not the error.
-                Err(_) if !claims.is_empty() => break,
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(claims)
-    }
+    ) -> Result<Vec<Claim>, StoreError>;
 
     /// Renews the attempt's lease until `now + lease`.
     async fn heartbeat(
@@ -346,16 +336,7 @@ pub trait JobStore: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<(Run, Option<Claim>), StoreError> {
         let run = self.finish_attempt(fence, outcome, now).await?;
-        let claim = match self
-            .claim_many(fence.instance_id, jobs, now, lease, 1)
-            .await
-        {
-            Ok(mut claims) => claims.pop(),
-            Err(err) => {
-                tracing::warn!(error = %err, "claiming after a finish failed");
-                None
-            }
-        };
+        let claim = claim_after_finish(self, fence, now, jobs, lease).await;
         Ok((run, claim))
     }
 
@@ -418,4 +399,25 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// The newest event's sequence number (0 when there is none).
     async fn latest_event_seq(&self) -> Result<i64, StoreError>;
+}
+
+/// The claim of [`JobStore::finish_and_claim`] after its finish committed: one run for
+/// the worker the finish freed; a failure only means no claim.
+pub(crate) async fn claim_after_finish<S: JobStore + ?Sized>(
+    store: &S,
+    fence: &AttemptFence,
+    now: OffsetDateTime,
+    jobs: &[String],
+    lease: Duration,
+) -> Option<Claim> {
+    match store
+        .claim_many(fence.instance_id, jobs, now, lease, 1)
+        .await
+    {
+        Ok(mut claims) => claims.pop(),
+        Err(err) => {
+            tracing::warn!(error = %err, "claiming after a finish failed");
+            None
+        }
+    }
 }

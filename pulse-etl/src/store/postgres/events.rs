@@ -22,9 +22,11 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use super::rows::event_from_row;
+use super::QUERIES;
 use crate::model::RunEvent;
 use crate::store::StoreError;
+use crate::store::sql::conn::{SqlConn, SqlRow, Stmt};
+use crate::store::sql::rows::event_from_row;
 
 /// How long a missing `seq` may stay missing before a reader settles it with the
 /// exclusive lock.
@@ -57,14 +59,8 @@ fn settle(events: Vec<RunEvent>, after: i64, final_upto: i64) -> (Vec<RunEvent>,
 }
 
 async fn fetch(pool: &PgPool, after: i64, limit: u32) -> Result<Vec<RunEvent>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT seq, run_id, job_name, at, payload FROM etl_events WHERE seq > $1 \
-         ORDER BY seq LIMIT $2",
-    )
-    .bind(after)
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?;
+    let stmt = Stmt::new(QUERIES.events_since).bind(after).bind(limit);
+    let rows = pool.acquire().await?.all(stmt).await?;
     rows.iter().map(event_from_row).collect()
 }
 
@@ -113,27 +109,19 @@ impl EventOrder {
         wait: bool,
     ) -> Result<Option<i64>, StoreError> {
         let mut tx = pool.begin().await?;
-        let granted = if wait {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(lock_key)
-                .execute(&mut *tx)
-                .await?;
-            true
+        let lock = if wait {
+            include_str!("../../../queries/postgres/event_lock_wait.sql")
         } else {
-            sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_xact_lock($1)")
-                .bind(lock_key)
-                .fetch_one(&mut *tx)
-                .await?
+            include_str!("../../../queries/postgres/event_lock_try.sql")
         };
-        if !granted {
+        let row = tx.optional(Stmt::new(lock).bind(lock_key)).await?;
+        if !row.map_or(Ok(false), |row| row.boolean("granted"))? {
             tx.rollback().await?;
             return Ok(None);
         }
         // A statement of its own: its snapshot is taken with the lock held.
-        let latest: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::bigint FROM etl_events")
-                .fetch_one(&mut *tx)
-                .await?;
+        let latest = tx.optional(Stmt::new(QUERIES.latest_event_seq)).await?;
+        let latest = latest.map_or(Ok(0), |row| row.int("seq"))?;
         tx.commit().await?;
         self.advance(latest);
         Ok(Some(latest))

@@ -11,35 +11,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use time::OffsetDateTime;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use uuid::Uuid;
 
-use super::common::{
-    EXECUTING_STATES, event_payload, finish_transition, from_u64, parse_state, parse_uuid,
-    sweep_transition, to_micros, to_u32,
-};
-use super::{
-    AttemptFence, AttemptOutcome, CancelOutcome, Claim, CreateOutcome, JobStore, LeaseStatus,
-    NewRun, StoreError, StorePool, SweepReport,
-};
-use crate::model::{
-    Attempt, InstanceId, LogLevel, LogLine, Progress, Run, RunEvent, RunEventKind, RunId, RunState,
-    StateCounts,
-};
+use super::common::{from_micros, parse_json, parse_uuid, to_micros};
+use super::sql::SqlBackend;
+use super::sql::conn::{Param, SqlConn, SqlRow, Stmt, sql_conn};
+use super::sql::queries::{Queries, queries};
+use super::{JobStore, StoreError, StorePool};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-mod reads;
-mod retention;
-mod rows;
-
-use rows::{
-    FENCE, RUN_COLUMNS, active_slot_holder, apply_cancel, apply_transition, cancel_for_force,
-    fetch_run, insert_event, insert_run, must_fetch_run, opt_json, run_from_row,
-};
+static QUERIES: Queries = queries!("sqlite", insert_attempt: Some);
 
 /// The SQLite job store.
 ///
@@ -137,509 +127,125 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
 
-    fn bump(&self) {
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
-    }
+/// A write transaction holding the store's write lock until it ends.
+pub(crate) struct SqliteTx {
+    // Dropped first: a transaction that was not committed rolls back before the next
+    // writer gets the lock.
+    tx: Transaction<'static, Sqlite>,
+    _writer: OwnedMutexGuard<()>,
+}
 
-    /// Runs `body` in a `BEGIN IMMEDIATE` transaction, committing on `Ok`.
-    async fn write<T, F>(&self, body: F) -> Result<T, StoreError>
-    where
-        F: for<'c> FnOnce(
-            &'c mut SqliteConnection,
-        ) -> crate::job::BoxFuture<'c, Result<T, StoreError>>,
-    {
-        let guard = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let value = body(&mut tx).await?;
-        tx.commit().await?;
-        drop(guard);
-        Ok(value)
+impl std::ops::Deref for SqliteTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
     }
 }
+
+impl std::ops::DerefMut for SqliteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+}
+
 #[async_trait]
-impl JobStore for SqliteStore {
-    fn kind(&self) -> &'static str {
-        "sqlite"
+impl SqlBackend for SqliteStore {
+    type Conn = SqliteConnection;
+    type Tx = SqliteTx;
+    type Pooled = PoolConnection<Sqlite>;
+
+    const KIND: &'static str = "sqlite";
+
+    fn queries(&self) -> &'static Queries {
+        &QUERIES
     }
 
-    fn pool(&self) -> StorePool {
+    fn store_pool(&self) -> StorePool {
         StorePool::Sqlite(self.pool.clone())
     }
 
-    fn changes(&self) -> watch::Receiver<u64> {
+    fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+    fn committed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// `BEGIN IMMEDIATE`, after the store's write lock: the transaction holds SQLite's
+    /// single write lock from its first statement.
+    async fn begin(&self) -> Result<SqliteTx, StoreError> {
+        let writer = Arc::clone(&self.write_lock).lock_owned().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(SqliteTx {
+            tx,
+            _writer: writer,
+        })
+    }
+
+    async fn commit(tx: SqliteTx) -> Result<(), StoreError> {
+        let SqliteTx { tx, _writer } = tx;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn create_run(&self, new: NewRun) -> Result<CreateOutcome, StoreError> {
-        let outcome = self
-            .write(|conn| {
-                Box::pin(async move {
-                    if let Some(key) = &new.idempotency_key {
-                        let row = sqlx::query(&format!(
-                            "SELECT {RUN_COLUMNS} FROM etl_runs WHERE idempotency_key = ?"
-                        ))
-                        .bind(key)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                        if let Some(row) = row {
-                            return Ok(CreateOutcome::Existing(run_from_row(&row)?));
-                        }
-                    }
-                    let replaced = if new.force {
-                        cancel_for_force(&mut *conn, &new.job_name, new.created_at).await?
-                    } else if let Some((active, _)) =
-                        active_slot_holder(&mut *conn, &new.job_name).await?
-                    {
-                        return Ok(CreateOutcome::AlreadyActive(active));
-                    } else {
-                        None
-                    };
-                    let run = insert_run(conn, &new).await?;
-                    Ok(CreateOutcome::Created { run, replaced })
-                })
-            })
-            .await?;
-        if matches!(outcome, CreateOutcome::Created { .. }) {
-            self.bump();
-        }
-        Ok(outcome)
+    async fn pooled(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+        Ok(self.pool.acquire().await?)
     }
+}
 
-    async fn claim(
-        &self,
-        instance: InstanceId,
-        jobs: &[String],
-        now: OffsetDateTime,
-        lease: Duration,
-    ) -> Result<Option<Claim>, StoreError> {
-        let jobs = serde_json::to_string(jobs).unwrap_or_else(|_| "[]".to_owned());
-        let expires = now + lease;
-        let claim = self
-            .write(|conn| {
-                Box::pin(async move {
-                    let row = sqlx::query(&format!(
-                        "UPDATE etl_runs SET state = 'running', attempts = attempts + 1, \
-                         lease_owner = ?1, lease_expires_at = ?2, heartbeat_at = ?3, \
-                         started_at = COALESCE(started_at, ?3), updated_at = ?3 \
-                         WHERE id = (SELECT r.id FROM etl_runs r \
-                           WHERE r.state IN ('pending','retrying') AND r.next_attempt_at <= ?3 \
-                           AND r.job_name IN (SELECT value FROM json_each(?4)) \
-                           AND NOT EXISTS (SELECT 1 FROM etl_runs o WHERE o.job_name = r.job_name \
-                             AND o.state IN {EXECUTING_STATES}) \
-                           ORDER BY r.next_attempt_at, r.created_at LIMIT 1) \
-                         RETURNING {RUN_COLUMNS}"
-                    ))
-                    .bind(instance.to_string())
-                    .bind(to_micros(expires))
-                    .bind(to_micros(now))
-                    .bind(jobs)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                    let Some(row) = row else {
-                        return Ok(None);
-                    };
-                    let run = run_from_row(&row)?;
-                    let checkpoint: Option<String> = row.try_get("checkpoint")?;
-                    sqlx::query(
-                        "INSERT INTO etl_attempts (run_id, number, instance_id, started_at, \
-                         lease_expires_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(run.id.to_string())
-                    .bind(i64::from(run.attempts))
-                    .bind(instance.to_string())
-                    .bind(to_micros(now))
-                    .bind(to_micros(expires))
-                    .bind(to_micros(now))
-                    .execute(&mut *conn)
-                    .await?;
-                    let kind = RunEventKind::State {
-                        state: RunState::Running,
-                        attempt: run.attempts,
-                        error: None,
-                    };
-                    insert_event(conn, run.id, &run.job_name, now, &kind).await?;
-                    Ok(Some(Claim {
-                        fence: AttemptFence {
-                            run_id: run.id,
-                            attempt: run.attempts,
-                            instance_id: instance,
-                        },
-                        checkpoint: opt_json(checkpoint, "checkpoint")?,
-                        lease_expires_at: expires,
-                        run,
-                    }))
-                })
-            })
-            .await?;
-        if claim.is_some() {
-            self.bump();
-        }
-        Ok(claim)
-    }
-
-    async fn heartbeat(
-        &self,
-        fence: &AttemptFence,
-        now: OffsetDateTime,
-        lease: Duration,
-    ) -> Result<LeaseStatus, StoreError> {
-        let fence = *fence;
-        let expires = to_micros(now + lease);
-        self.write(|conn| {
-            Box::pin(async move {
-                let state: Option<String> = sqlx::query_scalar(&format!(
-                    "UPDATE etl_runs SET lease_expires_at = ?, heartbeat_at = ? WHERE {FENCE} \
-                     RETURNING state"
-                ))
-                .bind(expires)
-                .bind(to_micros(now))
-                .bind(fence.run_id.to_string())
-                .bind(i64::from(fence.attempt))
-                .bind(fence.instance_id.to_string())
-                .fetch_optional(&mut *conn)
-                .await?;
-                let Some(state) = state else {
-                    return Ok(LeaseStatus::Lost);
-                };
-                sqlx::query(
-                    "UPDATE etl_attempts SET lease_expires_at = ?, heartbeat_at = ? \
-                     WHERE run_id = ? AND number = ?",
-                )
-                .bind(expires)
-                .bind(to_micros(now))
-                .bind(fence.run_id.to_string())
-                .bind(i64::from(fence.attempt))
-                .execute(&mut *conn)
-                .await?;
-                Ok(if parse_state(&state)? == RunState::Cancelling {
-                    LeaseStatus::CancelRequested
-                } else {
-                    LeaseStatus::Held
-                })
-            })
+/// The statement with its parameters in SQLite's types: ids as text, times as
+/// microseconds since the epoch, JSON and lists as JSON text.
+fn query(stmt: Stmt<'_>) -> sqlx::query::Query<'_, Sqlite, SqliteArguments<'_>> {
+    let Stmt { sql, params } = stmt;
+    params
+        .into_iter()
+        .fold(sqlx::query(sql), |query, param| match param {
+            Param::Id(id) => query.bind(id.map(|id| id.to_string())),
+            Param::Ids(ids) => query.bind(json_list(ids.iter().map(Uuid::to_string))),
+            Param::Text(text) => query.bind(text),
+            Param::Names(names) => query.bind(json_list(names.iter().cloned())),
+            Param::Int(n) => query.bind(n),
+            Param::Bool(b) => query.bind(b),
+            Param::Time(at) => query.bind(at.map(to_micros)),
+            Param::Json(value) => query.bind(value.map(|value| value.to_string())),
         })
-        .await
+}
+
+fn json_list(items: impl Iterator<Item = String>) -> String {
+    serde_json::Value::Array(items.map(serde_json::Value::String).collect()).to_string()
+}
+
+sql_conn!(SqliteConnection, SqliteRow);
+
+impl SqlRow for SqliteRow {
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(column)?)
     }
 
-    async fn check_fence(&self, fence: &AttemptFence) -> Result<(), StoreError> {
-        let held: Option<i64> =
-            sqlx::query_scalar(&format!("SELECT 1 FROM etl_runs WHERE {FENCE}"))
-                .bind(fence.run_id.to_string())
-                .bind(i64::from(fence.attempt))
-                .bind(fence.instance_id.to_string())
-                .fetch_optional(&self.pool)
-                .await?;
-        held.map(drop).ok_or(StoreError::Fenced)
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(column)?)
     }
 
-    async fn record_progress(
-        &self,
-        fence: &AttemptFence,
-        progress: &Progress,
-        now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        let fence = *fence;
-        let progress = progress.clone();
-        self.write(|conn| {
-            Box::pin(async move {
-                let job_name: Option<String> = sqlx::query_scalar(&format!(
-                    "UPDATE etl_runs SET progress_done = ?, progress_total = ?, \
-                     progress_message = ?, updated_at = ? WHERE {FENCE} RETURNING job_name"
-                ))
-                .bind(from_u64(progress.done))
-                .bind(progress.total.map(from_u64))
-                .bind(&progress.message)
-                .bind(to_micros(now))
-                .bind(fence.run_id.to_string())
-                .bind(i64::from(fence.attempt))
-                .bind(fence.instance_id.to_string())
-                .fetch_optional(&mut *conn)
-                .await?;
-                let job_name = job_name.ok_or(StoreError::Fenced)?;
-                let kind = RunEventKind::Progress { progress };
-                insert_event(conn, fence.run_id, &job_name, now, &kind).await
-            })
-        })
-        .await?;
-        self.bump();
-        Ok(())
+    fn opt_id(&self, column: &str) -> Result<Option<Uuid>, StoreError> {
+        let text: Option<String> = self.try_get(column)?;
+        text.map(|text| parse_uuid(&text, column)).transpose()
     }
 
-    async fn append_log(
-        &self,
-        fence: &AttemptFence,
-        level: LogLevel,
-        message: &str,
-        now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        let kind = RunEventKind::Log {
-            level,
-            message: message.to_owned(),
-            attempt: fence.attempt,
-        };
-        let sql = format!(
-            "INSERT INTO etl_events (run_id, job_name, at, kind, payload) \
-             SELECT id, job_name, ?, 'log', ? FROM etl_runs WHERE {FENCE}"
-        );
-        let inserted = sqlx::query(&sql)
-            .bind(to_micros(now))
-            .bind(event_payload(&kind))
-            .bind(fence.run_id.to_string())
-            .bind(i64::from(fence.attempt))
-            .bind(fence.instance_id.to_string());
-        let guard = self.write_lock.lock().await;
-        let done = inserted.execute(&self.pool).await?;
-        drop(guard);
-        if done.rows_affected() == 0 {
-            return Err(StoreError::Fenced);
-        }
-        self.bump();
-        Ok(())
+    fn opt_time(&self, column: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+        let micros: Option<i64> = self.try_get(column)?;
+        micros.map(from_micros).transpose()
     }
 
-    async fn save_checkpoint(
-        &self,
-        fence: &AttemptFence,
-        cursor: &Value,
-        _now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        let fence = *fence;
-        let cursor = cursor.to_string();
-        self.write(|conn| {
-            Box::pin(async move {
-                let done =
-                    sqlx::query(&format!("UPDATE etl_runs SET checkpoint = ? WHERE {FENCE}"))
-                        .bind(&cursor)
-                        .bind(fence.run_id.to_string())
-                        .bind(i64::from(fence.attempt))
-                        .bind(fence.instance_id.to_string())
-                        .execute(&mut *conn)
-                        .await?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::Fenced);
-                }
-                sqlx::query(
-                    "UPDATE etl_attempts SET checkpoint = ? WHERE run_id = ? AND number = ?",
-                )
-                .bind(&cursor)
-                .bind(fence.run_id.to_string())
-                .bind(i64::from(fence.attempt))
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
-            })
-        })
-        .await
+    fn opt_json(&self, column: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let text: Option<String> = self.try_get(column)?;
+        text.map(|text| parse_json(&text, column)).transpose()
     }
 
-    async fn finish_attempt(
-        &self,
-        fence: &AttemptFence,
-        outcome: AttemptOutcome,
-        now: OffsetDateTime,
-    ) -> Result<Run, StoreError> {
-        let fence = *fence;
-        let run = self
-            .write(|conn| {
-                Box::pin(async move {
-                    let row =
-                        sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM etl_runs WHERE {FENCE}"))
-                            .bind(fence.run_id.to_string())
-                            .bind(i64::from(fence.attempt))
-                            .bind(fence.instance_id.to_string())
-                            .fetch_optional(&mut *conn)
-                            .await?;
-                    let row = row.ok_or(StoreError::Fenced)?;
-                    let run = run_from_row(&row)?;
-                    let max_attempts = to_u32(row.try_get("max_attempts")?, "max_attempts")?;
-                    let transition =
-                        finish_transition(run.state, run.attempts, max_attempts, outcome, now);
-                    apply_transition(
-                        &mut *conn,
-                        run.id,
-                        &run.job_name,
-                        fence.attempt,
-                        &transition,
-                        now,
-                    )
-                    .await?;
-                    must_fetch_run(conn, run.id).await
-                })
-            })
-            .await?;
-        self.bump();
-        Ok(run)
-    }
-
-    async fn request_cancel(
-        &self,
-        id: RunId,
-        now: OffsetDateTime,
-    ) -> Result<CancelOutcome, StoreError> {
-        let outcome = self
-            .write(|conn| {
-                Box::pin(async move {
-                    let Some(run) = fetch_run(&mut *conn, id).await? else {
-                        return Ok(CancelOutcome::NotFound);
-                    };
-                    let next = match run.state {
-                        state if state.is_terminal() => {
-                            return Ok(CancelOutcome::AlreadyFinished(run));
-                        }
-                        RunState::Cancelling => return Ok(CancelOutcome::Cancelling(run)),
-                        RunState::Running => RunState::Cancelling,
-                        _ => RunState::Cancelled,
-                    };
-                    apply_cancel(&mut *conn, &run, next, now).await?;
-                    let run = must_fetch_run(conn, id).await?;
-                    Ok(if next == RunState::Cancelled {
-                        CancelOutcome::Cancelled(run)
-                    } else {
-                        CancelOutcome::Cancelling(run)
-                    })
-                })
-            })
-            .await?;
-        self.bump();
-        Ok(outcome)
-    }
-
-    async fn sweep_expired(&self, now: OffsetDateTime) -> Result<SweepReport, StoreError> {
-        let report = self
-            .write(|conn| {
-                Box::pin(async move {
-                    let rows = sqlx::query(&format!(
-                        "SELECT id, job_name, state, attempts, max_attempts FROM etl_runs \
-                         WHERE state IN {EXECUTING_STATES} AND lease_expires_at < ?"
-                    ))
-                    .bind(to_micros(now))
-                    .fetch_all(&mut *conn)
-                    .await?;
-                    let mut report = SweepReport::default();
-                    for row in rows {
-                        let id: String = row.try_get("id")?;
-                        let id = RunId::from_uuid(parse_uuid(&id, "id")?);
-                        let job_name: String = row.try_get("job_name")?;
-                        let state: String = row.try_get("state")?;
-                        let attempts = to_u32(row.try_get("attempts")?, "attempts")?;
-                        let max_attempts = to_u32(row.try_get("max_attempts")?, "max_attempts")?;
-                        let transition =
-                            sweep_transition(parse_state(&state)?, attempts, max_attempts, now);
-                        apply_transition(&mut *conn, id, &job_name, attempts, &transition, now)
-                            .await?;
-                        match transition.state {
-                            RunState::Retrying => report.retried.push(id),
-                            RunState::Cancelled => report.cancelled.push(id),
-                            _ => report.failed.push(id),
-                        }
-                    }
-                    Ok(report)
-                })
-            })
-            .await?;
-        if !report.is_empty() {
-            self.bump();
-        }
-        Ok(report)
-    }
-
-    async fn fire_schedule(
-        &self,
-        slot: OffsetDateTime,
-        new: NewRun,
-    ) -> Result<Option<Run>, StoreError> {
-        let run = self
-            .write(|conn| {
-                Box::pin(async move {
-                    let inserted = sqlx::query(
-                        "INSERT INTO etl_schedule_slots (job_name, slot, fired_at) \
-                         VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&new.job_name)
-                    .bind(to_micros(slot))
-                    .bind(to_micros(new.created_at))
-                    .execute(&mut *conn)
-                    .await?;
-                    if inserted.rows_affected() == 0 {
-                        return Ok(None);
-                    }
-                    if active_slot_holder(&mut *conn, &new.job_name)
-                        .await?
-                        .is_some()
-                    {
-                        return Ok(None);
-                    }
-                    let run = insert_run(&mut *conn, &new).await?;
-                    sqlx::query(
-                        "UPDATE etl_schedule_slots SET run_id = ? WHERE job_name = ? AND slot = ?",
-                    )
-                    .bind(run.id.to_string())
-                    .bind(&new.job_name)
-                    .bind(to_micros(slot))
-                    .execute(conn)
-                    .await?;
-                    Ok(Some(run))
-                })
-            })
-            .await?;
-        if run.is_some() {
-            self.bump();
-        }
-        Ok(run)
-    }
-
-    async fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
-        reads::get_run(&self.pool, id).await
-    }
-
-    async fn list_runs(&self, job_name: Option<&str>, limit: u32) -> Result<Vec<Run>, StoreError> {
-        reads::list_runs(&self.pool, job_name, limit).await
-    }
-
-    async fn latest_runs(&self) -> Result<Vec<Run>, StoreError> {
-        reads::latest_runs(&self.pool).await
-    }
-
-    async fn active_runs(&self, job_name: Option<&str>) -> Result<Vec<Run>, StoreError> {
-        reads::active_runs(&self.pool, job_name).await
-    }
-
-    async fn count_states(&self) -> Result<StateCounts, StoreError> {
-        reads::count_states(&self.pool).await
-    }
-
-    async fn attempts(&self, id: RunId) -> Result<Vec<Attempt>, StoreError> {
-        reads::attempts(&self.pool, id).await
-    }
-
-    async fn logs(&self, id: RunId) -> Result<Vec<LogLine>, StoreError> {
-        reads::logs(&self.pool, id).await
-    }
-
-    async fn events_since(&self, after_seq: i64, limit: u32) -> Result<Vec<RunEvent>, StoreError> {
-        reads::events_since(&self.pool, after_seq, limit).await
-    }
-
-    async fn prune(&self, batch: super::PruneBatch) -> Result<super::PruneReport, StoreError> {
-        self.write(|conn| Box::pin(retention::prune(conn, batch)))
-            .await
-    }
-
-    async fn events_pruned_through(&self) -> Result<i64, StoreError> {
-        retention::events_pruned_through(&self.pool).await
-    }
-
-    async fn last_schedule_slots(&self) -> Result<Vec<(String, OffsetDateTime)>, StoreError> {
-        reads::last_schedule_slots(&self.pool).await
-    }
-
-    async fn latest_event_seq(&self) -> Result<i64, StoreError> {
-        reads::latest_event_seq(&self.pool).await
+    fn boolean(&self, column: &str) -> Result<bool, StoreError> {
+        Ok(self.try_get(column)?)
     }
 }

@@ -1,0 +1,6 @@
+SELECT id, job_name, state, params, requested_by, created_at, started_at, finished_at,
+       attempts, max_attempts, progress_done, progress_total, progress_message, error, result,
+       checkpoint
+FROM etl_runs WHERE state IN ('pending', 'running', 'retrying', 'cancelling')
+                AND ($1::text IS NULL OR job_name = $1)
+ORDER BY created_at

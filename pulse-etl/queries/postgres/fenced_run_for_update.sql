@@ -1,0 +1,5 @@
+SELECT id, job_name, state, params, requested_by, created_at, started_at, finished_at,
+       attempts, max_attempts, progress_done, progress_total, progress_message, error, result,
+       checkpoint
+FROM etl_runs WHERE id = $1 AND attempts = $2 AND lease_owner = $3 AND state IN ('running', 'cancelling')
+FOR UPDATE

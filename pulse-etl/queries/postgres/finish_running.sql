@@ -1,0 +1,26 @@
+-- The common finish in one statement: attempt $2 of run $1, held by instance $3 and
+-- still `running`, ends with its attempt row and event; $11: the run must have an attempt
+-- left (a retryable failure). No row when the run is not in that case: nothing written.
+WITH run AS (
+    UPDATE etl_runs
+    SET state = $4, error = $5, result = COALESCE($6, result),
+        next_attempt_at = COALESCE($7, next_attempt_at), finished_at = $8, lease_owner = NULL,
+        lease_expires_at = NULL, updated_at = $9, max_attempts = max_attempts + $10
+    WHERE id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'running'
+      AND (NOT $11 OR attempts < max_attempts)
+    RETURNING id, job_name, state, params, requested_by, created_at, started_at, finished_at,
+       attempts, max_attempts, progress_done, progress_total, progress_message, error, result,
+       checkpoint),
+attempt AS (
+    UPDATE etl_attempts a SET finished_at = $9, outcome = $12, error = $13
+    FROM run WHERE a.run_id = run.id AND a.number = $2 AND a.finished_at IS NULL
+    RETURNING a.run_id),
+event AS (
+    INSERT INTO etl_events (run_id, job_name, at, kind, payload)
+    SELECT run.id, run.job_name, $9, $14, $15 FROM run
+    LEFT JOIN attempt ON attempt.run_id = run.id
+    CROSS JOIN (SELECT pg_advisory_xact_lock_shared($16)) AS writer)
+SELECT false AS claimed, id, job_name, state, params, requested_by, created_at, started_at, finished_at,
+       attempts, max_attempts, progress_done, progress_total, progress_message, error, result,
+       checkpoint
+FROM run

@@ -1,0 +1,1 @@
+DELETE FROM etl_attempts WHERE run_id = ANY($1)

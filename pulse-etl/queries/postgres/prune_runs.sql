@@ -1,0 +1,1 @@
+DELETE FROM etl_runs WHERE id = ANY($1)

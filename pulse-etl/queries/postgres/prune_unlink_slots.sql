@@ -1,0 +1,1 @@
+UPDATE etl_schedule_slots SET run_id = NULL WHERE run_id = ANY($1)

@@ -1,0 +1,1 @@
+SELECT state, COUNT(*) AS n FROM etl_runs GROUP BY state

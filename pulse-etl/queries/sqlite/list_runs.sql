@@ -1,0 +1,5 @@
+SELECT id, job_name, state, params, requested_by, created_at, started_at, finished_at,
+       attempts, max_attempts, progress_done, progress_total, progress_message, error, result,
+       checkpoint
+FROM etl_runs WHERE ($1 IS NULL OR job_name = $1)
+ORDER BY created_at DESC, id DESC LIMIT $2

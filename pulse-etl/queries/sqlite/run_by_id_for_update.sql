@@ -1,0 +1,5 @@
+-- The store's write lock serialises writers: no row lock needed.
+SELECT id, job_name, state, params, requested_by, created_at, started_at, finished_at,
+       attempts, max_attempts, progress_done, progress_total, progress_message, error, result,
+       checkpoint
+FROM etl_runs WHERE id = $1
