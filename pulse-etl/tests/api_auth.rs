@@ -9,7 +9,7 @@ use axum::body::Body;
 use http::{Request, StatusCode};
 use serde_json::Value;
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn api_routes_need_an_internal_credential() {
     let app = api_only().await;
     for (method, path) in [
@@ -36,7 +36,7 @@ async fn api_routes_need_an_internal_credential() {
     assert!(app.engine.recent_runs(10).await.unwrap().is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_wrong_credential_is_refused() {
     let app = api_only().await;
     for (name, value) in [
@@ -58,7 +58,7 @@ async fn a_wrong_credential_is_refused() {
     assert_eq!(app.send(request).await.status, StatusCode::FORBIDDEN);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn only_the_exact_health_path_is_exempt() {
     let app = api_only().await;
     let open = app
@@ -84,7 +84,7 @@ async fn only_the_exact_health_path_is_exempt() {
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn requested_by_comes_from_the_signed_identity_only() {
     let app = api_only().await;
     // A plain X-User-ID with a key: no verified identity, so no requester.
@@ -119,7 +119,7 @@ async fn requested_by_comes_from_the_signed_identity_only() {
     assert_eq!(answer.body["run"]["requested_by"], "user-8");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn without_configured_auth_the_api_fails_closed() {
     let app = api_only().await;
     let router = pulse_etl::api::EtlApi::new(app.engine.clone()).into_router();

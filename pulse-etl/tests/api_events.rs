@@ -36,7 +36,7 @@ async fn subscribe(app: &api_support::TestApp, last_event_id: Option<&str>) -> B
     response.into_body()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_subscriber_receives_state_changes_as_run_events() {
     let app = api_only().await;
     let mut body = subscribe(&app, None).await;
@@ -72,7 +72,7 @@ async fn a_subscriber_receives_state_changes_as_run_events() {
     assert_eq!(data["run"]["state"], "cancelled");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn progress_and_log_lines_are_streamed() {
     let app = app(1).await;
     let mut body = subscribe(&app, None).await;
@@ -101,7 +101,7 @@ async fn progress_and_log_lines_are_streamed() {
     assert!(log["at"].is_string());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_resuming_with_last_event_id_gets_the_events_it_missed() {
     let app = api_only().await;
     let first = app.post("/api/v1/jobs/jira_sync/start", "").await;
@@ -127,7 +127,7 @@ async fn a_client_resuming_with_last_event_id_gets_the_events_it_missed() {
     assert_eq!(resumed[0].id, events[1].id);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_lagging_subscriber_skips_events_and_is_told_so() {
     let app = app_with(0, |config| config.with_event_capacity(1)).await;
     let mut body = subscribe(&app, None).await;
@@ -174,7 +174,7 @@ async fn a_lagging_subscriber_skips_events_and_is_told_so() {
     assert_eq!(events[0].id, Some(last.to_string()));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_idle_stream_sends_keep_alive_comments() {
     let app = api_only().await;
     let router = pulse_etl::api::EtlApi::new(app.engine.clone())
@@ -196,7 +196,7 @@ async fn an_idle_stream_sends_keep_alive_comments() {
     assert!(data.starts_with(b":"), "{data:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_long_backlog_is_replayed_in_full() {
     let app = api_only().await;
     // Forced starts: each writes the new run's and the replaced run's state changes.
@@ -220,7 +220,7 @@ async fn a_long_backlog_is_replayed_in_full() {
     assert_eq!(ids, expected);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn resuming_after_events_that_retention_deleted_gets_a_reset_then_the_current_state() {
     let clock = std::sync::Arc::new(pulse_etl::ManualWallClock::new(
         time::OffsetDateTime::now_utc(),

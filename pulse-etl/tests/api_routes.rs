@@ -1,9 +1,9 @@
 //! Every route of the ETL API, happy and error paths, over `oneshot` against an engine
-//! on a temp-dir SQLite store.
+//! on the in-memory store in virtual time.
 
 mod api_support;
 
-use api_support::{api_only, app, error_code, keyed};
+use api_support::{api_only, app, error_code, keyed, sqlite_api_only};
 use axum::body::Body;
 use http::{Request, StatusCode};
 use pulse_etl::RunState;
@@ -36,7 +36,7 @@ const RUN_KEYS: [&str; 11] = [
 
 #[tokio::test]
 async fn health_is_open_and_checks_the_store() {
-    let app = api_only().await;
+    let app = sqlite_api_only().await;
     let answer = app
         .send(Request::get("/health").body(Body::empty()).unwrap())
         .await;
@@ -44,7 +44,7 @@ async fn health_is_open_and_checks_the_store() {
     assert_eq!(answer.body["status"], "healthy");
     assert_eq!(answer.body["services"]["database"]["status"], "healthy");
 
-    app.store.close().await;
+    app.sqlite().close().await;
     let answer = app
         .send(Request::get("/health").body(Body::empty()).unwrap())
         .await;
@@ -55,7 +55,7 @@ async fn health_is_open_and_checks_the_store() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn jobs_lists_every_job_idle_then_with_its_latest_run() {
     let app = api_only().await;
     let answer = app.get("/api/v1/jobs").await;
@@ -82,7 +82,7 @@ async fn jobs_lists_every_job_idle_then_with_its_latest_run() {
     assert_eq!(jira["latest_run"]["id"], started.body["run_id"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn status_summarises_every_job() {
     let app = api_only().await;
     let started = app.post("/api/v1/jobs/github_sync/start", "{}").await;
@@ -108,7 +108,7 @@ async fn status_summarises_every_job() {
     assert!(answer.body["timestamp"].as_str().unwrap().ends_with('Z'));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn start_answers_202_with_the_committed_run() {
     let app = api_only().await;
     let answer = app.post("/api/v1/jobs/jira_sync/start", "").await;
@@ -131,7 +131,7 @@ async fn start_answers_202_with_the_committed_run() {
     assert_eq!(stored.state, RunState::Pending);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn start_with_params_and_the_body_form() {
     let app = api_only().await;
     let answer = app
@@ -150,7 +150,7 @@ async fn start_with_params_and_the_body_form() {
     assert!(missing.body["error"].as_str().unwrap().contains("job_name"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_second_start_conflicts_with_the_active_run_unless_forced() {
     let app = api_only().await;
     let first = app.post("/api/v1/jobs/jira_sync/start", "{}").await;
@@ -183,7 +183,7 @@ async fn a_second_start_conflicts_with_the_active_run_unless_forced() {
     assert_eq!(old.body["state"], "cancelled");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn unknown_jobs_are_422_naming_the_allowed_jobs() {
     let app = api_only().await;
     for answer in [
@@ -200,7 +200,7 @@ async fn unknown_jobs_are_422_naming_the_allowed_jobs() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_retried_start_with_the_same_idempotency_key_returns_the_first_answer() {
     let app = api_only().await;
     let start = || {
@@ -236,7 +236,7 @@ async fn a_retried_start_with_the_same_idempotency_key_returns_the_first_answer(
     assert_eq!(error_code(&answer), "bad_request");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn malformed_bodies_are_400_in_the_json_shape() {
     let app = api_only().await;
     for body in ["{", "[1]", r#"{"force": "yes"}"#, "null"] {
@@ -269,7 +269,7 @@ async fn malformed_bodies_are_400_in_the_json_shape() {
     assert_eq!(error_code(&answer), "unsupported_media_type");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn bodies_over_the_limit_are_413() {
     let app = api_only().await;
     let big = format!(r#"{{"params": {{"blob": "{}"}}}}"#, "x".repeat(70 * 1024));
@@ -278,7 +278,7 @@ async fn bodies_over_the_limit_are_413() {
     assert_eq!(error_code(&answer), "payload_too_large");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn unknown_runs_routes_and_methods_are_json() {
     let app = api_only().await;
     let missing = "0190f0b4-0000-7000-8000-000000000000";
@@ -309,7 +309,7 @@ async fn unknown_runs_routes_and_methods_are_json() {
     assert_eq!(answer.headers["allow"], "GET,HEAD");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn error_bodies_carry_the_request_id() {
     let app = api_only().await;
     let request = keyed(Request::get("/api/v1/runs/not-a-uuid"))
@@ -321,7 +321,7 @@ async fn error_bodies_carry_the_request_id() {
     assert_eq!(answer.headers["x-request-id"], "req-123");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn run_history_is_newest_first_and_limited() {
     let app = api_only().await;
     let mut ids = Vec::new();
@@ -350,7 +350,7 @@ async fn run_history_is_newest_first_and_limited() {
 /// Found by Schemathesis: `limit` was documented as an int32, so 2^31 (which the server
 /// reads and clamps) looked like an invalid value the server accepted. The document now
 /// states the range the server reads, and the server keeps refusing what lies outside.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_runs_limit_range_is_the_documented_one() {
     let doc = serde_json::to_value(pulse_etl::api::etl_openapi()).unwrap();
     let params = doc["paths"]["/api/v1/jobs/{name}/runs"]["get"]["parameters"]
@@ -376,7 +376,7 @@ async fn the_runs_limit_range_is_the_documented_one() {
 
 /// Found by Schemathesis: an unknown query parameter was ignored (a misspelt `limt=5`
 /// silently served the default page); it is a 400 now.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_unknown_query_parameter_is_a_400() {
     let app = api_only().await;
     let answer = app.get("/api/v1/jobs/jira_sync/runs?limt=5").await;
@@ -386,7 +386,7 @@ async fn an_unknown_query_parameter_is_a_400() {
 
 /// Found by Schemathesis: the optional start body was documented as nullable, but a
 /// `null` body is (and stays) a 400; the body is optional, not nullable.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_start_body_is_optional_not_nullable() {
     let doc = serde_json::to_value(pulse_etl::api::etl_openapi()).unwrap();
     let body = &doc["paths"]["/api/v1/jobs/{name}/start"]["post"]["requestBody"];
@@ -407,7 +407,7 @@ async fn the_start_body_is_optional_not_nullable() {
 /// Found by Schemathesis: the run history of an unknown job answers 422 `unknown_job`,
 /// which the document did not list; and `params` of any JSON type looked valid while
 /// the jobs refuse everything but an object (or null).
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_document_lists_what_the_runs_and_start_routes_answer() {
     let doc = serde_json::to_value(pulse_etl::api::etl_openapi_for_jobs(&["jira_sync"])).unwrap();
     let runs = &doc["paths"]["/api/v1/jobs/{name}/runs"]["get"];
@@ -435,7 +435,7 @@ async fn the_document_lists_what_the_runs_and_start_routes_answer() {
     assert_eq!(error_code(&answer), "invalid_params");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn cancel_answers_202_then_409_once_finished() {
     let app = api_only().await;
     let started = app.post("/api/v1/jobs/jira_sync/start", "").await;
@@ -451,7 +451,7 @@ async fn cancel_answers_202_then_409_once_finished() {
     assert_eq!(again.body["run_id"], run_id.as_str());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn logs_of_an_executed_run() {
     let app = app(1).await;
     let started = app.post("/api/v1/jobs/jira_sync/start", "").await;
@@ -483,7 +483,7 @@ async fn logs_of_an_executed_run() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_idempotent_replay_answers_as_the_first_time_even_after_the_run_moved_on() {
     let app = app(1).await;
     let start = || {

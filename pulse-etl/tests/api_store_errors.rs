@@ -5,12 +5,12 @@
 
 mod api_support;
 
-use api_support::{Answer, TestApp, api_only, error_code};
+use api_support::{Answer, TestApp, error_code, sqlite_api_only};
 use http::StatusCode;
 
 async fn execute(app: &TestApp, sql: &str) {
     sqlx::query(sql)
-        .execute(app.store.sqlite_pool())
+        .execute(app.sqlite().sqlite_pool())
         .await
         .unwrap_or_else(|err| panic!("{sql}: {err}"));
 }
@@ -35,8 +35,8 @@ fn assert_no_internals(answer: &Answer) {
 
 #[tokio::test]
 async fn a_closed_store_is_503_with_retry_after() {
-    let app = api_only().await;
-    app.store.close().await;
+    let app = sqlite_api_only().await;
+    app.sqlite().close().await;
     let answer = app.get("/api/v1/jobs").await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error_code(&answer), "store_unavailable");
@@ -47,7 +47,7 @@ async fn a_closed_store_is_503_with_retry_after() {
 
 #[tokio::test]
 async fn a_write_a_constraint_refuses_is_409_conflict() {
-    let app = api_only().await;
+    let app = sqlite_api_only().await;
     assert_eq!(
         app.post("/api/v1/jobs/jira_sync/start", "").await.status,
         StatusCode::ACCEPTED
@@ -70,7 +70,7 @@ async fn a_write_a_constraint_refuses_is_409_conflict() {
 
 #[tokio::test]
 async fn a_schema_the_store_cannot_read_is_500_without_detail() {
-    let app = api_only().await;
+    let app = sqlite_api_only().await;
     execute(
         &app,
         "ALTER TABLE etl_runs RENAME COLUMN progress_message TO renamed",
@@ -90,7 +90,7 @@ async fn a_schema_the_store_cannot_read_is_500_without_detail() {
 
 #[tokio::test]
 async fn a_row_that_does_not_decode_is_500_without_detail() {
-    let app = api_only().await;
+    let app = sqlite_api_only().await;
     let started = app.post("/api/v1/jobs/jira_sync/start", "").await;
     let run_id = started.body["run_id"].as_str().unwrap().to_owned();
     execute(&app, "UPDATE etl_runs SET attempts = 'many'").await;

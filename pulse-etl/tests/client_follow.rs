@@ -19,7 +19,7 @@ use pulse_etl::api::RunUpdateKind;
 use pulse_etl::client::{EtlClient, StartOptions};
 use tower::ServiceExt;
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_followed_stream_resumes_after_a_broken_connection() {
     let app = api_only().await;
     let router = app.router.clone();

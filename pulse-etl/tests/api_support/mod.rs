@@ -1,7 +1,11 @@
-//! Shared fixtures of the API and client tests: an engine on a temp-dir SQLite store,
-//! its router behind internal auth (a key ring and signed tokens), and test jobs.
+//! Shared fixtures of the API and client tests: an engine on the in-memory store in
+//! virtual time (the tests run with `start_paused`: backoffs, polls and stream
+//! timeouts cost no wall-clock time), or on a temp-dir SQLite store for the tests of
+//! store failures; its router behind internal auth (a key ring and signed tokens); and
+//! test jobs.
 #![allow(dead_code, unreachable_pub)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,8 +19,8 @@ use pulse_core::internal_auth::{
 use pulse_core::jwt::{SigningKey, VerificationKey};
 use pulse_etl::api::EtlApi;
 use pulse_etl::{
-    EngineConfig, Job, JobContext, JobEngine, JobError, JobOutput, JobRegistry, NoParams,
-    SqliteStore,
+    EngineConfig, Job, JobContext, JobEngine, JobError, JobOutput, JobRegistry, JobStore,
+    MemoryStore, NoParams, SqliteStore, TokioWallClock,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -73,41 +77,72 @@ impl Job for GithubSync {
     }
 }
 
-/// An engine, its router and the temp dir of its store.
+/// An engine, its router and its store.
 pub struct TestApp {
     pub engine: JobEngine,
-    pub store: SqliteStore,
+    pub store: Arc<dyn JobStore>,
+    /// The SQLite store, for the apps of [`sqlite_api_only`].
+    pub sqlite: Option<SqliteStore>,
     pub router: Router,
     pub ring: KeyRing,
     pub minter: InternalTokenMinter,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
-/// An API-only engine (no workers): runs stay where the API puts them.
+impl TestApp {
+    /// The SQLite store of a [`sqlite_api_only`] app.
+    pub fn sqlite(&self) -> &SqliteStore {
+        self.sqlite.as_ref().expect("an app on SQLite")
+    }
+}
+
+/// An API-only engine (no workers) on the in-memory store: runs stay where the API
+/// puts them.
 pub async fn api_only() -> TestApp {
     app(0).await
 }
 
-/// An engine with `concurrency` workers.
+/// An engine with `concurrency` workers on the in-memory store, in virtual time.
 pub async fn app(concurrency: usize) -> TestApp {
     app_with(concurrency, |config| config).await
 }
 
-/// An engine with `concurrency` workers and more configuration.
+/// An engine with `concurrency` workers and more configuration, on the in-memory
+/// store, in virtual time.
 pub async fn app_with(
     concurrency: usize,
     configure: impl FnOnce(EngineConfig) -> EngineConfig,
 ) -> TestApp {
+    let config = config(concurrency).with_clock(Arc::new(TokioWallClock::new(
+        time::OffsetDateTime::now_utc(),
+    )));
+    launch(MemoryStore::new().into_dyn(), configure(config), None, None).await
+}
+
+/// An API-only engine on a temp-dir SQLite store (real time: its queries run on
+/// sqlx's worker thread), for the tests that damage or close the store.
+pub async fn sqlite_api_only() -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("jobs.db")).await.unwrap();
-    let config = configure(
-        EngineConfig::default()
-            .with_concurrency(concurrency)
-            .with_poll_interval(Duration::from_millis(20))
-            .with_schedules(false),
-    );
+    let dynamic = store.clone().into_dyn();
+    launch(dynamic, config(0), Some(store), Some(dir)).await
+}
+
+fn config(concurrency: usize) -> EngineConfig {
+    EngineConfig::default()
+        .with_concurrency(concurrency)
+        .with_poll_interval(Duration::from_millis(20))
+        .with_schedules(false)
+}
+
+async fn launch(
+    store: Arc<dyn JobStore>,
+    config: EngineConfig,
+    sqlite: Option<SqliteStore>,
+    dir: Option<TempDir>,
+) -> TestApp {
     let registry = JobRegistry::new().with_job(JiraSync).with_job(GithubSync);
-    let engine = JobEngine::launch(store.clone().into_dyn(), registry, config)
+    let engine = JobEngine::launch(Arc::clone(&store), registry, config)
         .await
         .unwrap();
     let ring = KeyRing::parse(&format!("test:{KEY}")).unwrap();
@@ -124,6 +159,7 @@ pub async fn app_with(
     TestApp {
         engine,
         store,
+        sqlite,
         router,
         ring,
         minter,
