@@ -1,8 +1,8 @@
--- One statement: pick up to $5 due runs of the jobs in $4 (etl_claimable: FOR UPDATE
+-- One statement: pick up to $5 due runs of the jobs of set $4 (etl_claimable_in: FOR UPDATE
 -- SKIP LOCKED), start them as attempts of instance $1 leased until $2, write their
 -- attempt rows and their `running` events ($6 kind, $7 payload, each event's attempt
 -- number filled in from its run). Row locks first, the events' shared lock ($8) last.
-WITH next AS (SELECT id FROM etl_claimable($3, $4, $5) AS next (id)),
+WITH next AS (SELECT id FROM etl_claimable_in($3, $4, $5) AS next (id)),
 claimed AS (
     UPDATE etl_runs
     SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_expires_at = $2,

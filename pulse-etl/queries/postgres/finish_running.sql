@@ -12,8 +12,9 @@ WITH run AS (
        attempts, max_attempts, progress_done, progress_total, progress_message, error, result,
        checkpoint),
 attempt AS (
+    -- By key, once the run's update matched (a join to `run` scanned every attempt).
     UPDATE etl_attempts a SET finished_at = $9, outcome = $12, error = $13
-    FROM run WHERE a.run_id = run.id AND a.number = $2 AND a.finished_at IS NULL
+    WHERE a.run_id = $1 AND a.number = $2 AND a.finished_at IS NULL AND EXISTS (SELECT 1 FROM run)
     RETURNING a.run_id),
 event AS (
     INSERT INTO etl_events (run_id, job_name, at, kind, payload)

@@ -1,7 +1,7 @@
 -- The common finish in one statement: attempt $2 of run $1, held by instance $3 and
 -- still `running`, ends with its attempt row and event; $11: the run must have an attempt
 -- left (a retryable failure). No row when the run is not in that case: nothing written.
--- The same statement claims one run of the jobs in $17 for the worker it frees (leased
+-- The same statement claims one run of the jobs of set $17 for the worker it frees (leased
 -- until $18; $19, $20: the `running` event), only when the finish was written.
 WITH run AS (
     UPDATE etl_runs
@@ -14,15 +14,16 @@ WITH run AS (
        attempts, max_attempts, progress_done, progress_total, progress_message, error, result,
        checkpoint),
 attempt AS (
+    -- By key, once the run's update matched (a join to `run` scanned every attempt).
     UPDATE etl_attempts a SET finished_at = $9, outcome = $12, error = $13
-    FROM run WHERE a.run_id = run.id AND a.number = $2 AND a.finished_at IS NULL
+    WHERE a.run_id = $1 AND a.number = $2 AND a.finished_at IS NULL AND EXISTS (SELECT 1 FROM run)
     RETURNING a.run_id),
 event AS (
     INSERT INTO etl_events (run_id, job_name, at, kind, payload)
     SELECT run.id, run.job_name, $9, $14, $15 FROM run
     LEFT JOIN attempt ON attempt.run_id = run.id
     CROSS JOIN (SELECT pg_advisory_xact_lock_shared($16)) AS writer),
-next AS (SELECT id FROM etl_claimable($9, $17, (SELECT count(*) FROM run)) AS next (id)),
+next AS (SELECT id FROM etl_claimable_in($9, $17, (SELECT count(*) FROM run)) AS next (id)),
 claimed AS (
     UPDATE etl_runs
     SET state = 'running', attempts = attempts + 1, lease_owner = $3, lease_expires_at = $18,

@@ -295,6 +295,53 @@ pub async fn claims_oldest_due_run_of_registered_jobs(store: Arc<dyn JobStore>) 
     assert_eq!(attempts[0].outcome, None);
 }
 
+/// Instances that run different jobs share one store: each claims only its own jobs,
+/// however the lists overlap or are ordered, and a finish claims only the finishing
+/// instance's jobs.
+pub async fn each_instance_claims_only_the_jobs_it_runs(store: Arc<dyn JobStore>) {
+    for (i, job) in ["a", "b", "c", "d"].iter().enumerate() {
+        let at = T0 + secs(u64::try_from(i).unwrap());
+        create(&*store, new_run(job, at)).await;
+    }
+    let now = T0 + secs(10);
+    let (left, right) = (InstanceId::new(), InstanceId::new());
+    let c_only = store
+        .claim_many(right, &jobs(&["c", "zz"]), now, LEASE, 8)
+        .await
+        .unwrap();
+    let names = |claims: &[pulse_etl::Claim]| {
+        let mut names: Vec<String> = claims.iter().map(|c| c.run.job_name.clone()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&c_only), ["c"]);
+    // The same names in another order, plus one more.
+    let b_and_d = store
+        .claim_many(left, &jobs(&["d", "b", "c"]), now, LEASE, 8)
+        .await
+        .unwrap();
+    assert_eq!(names(&b_and_d), ["b", "d"]);
+    // A finish claims the next run of the finishing instance's jobs only: `a` is due,
+    // but `c`'s instance does not run it.
+    let c = &c_only[0];
+    let (_, next) = store
+        .finish_and_claim(
+            &c.fence,
+            AttemptOutcome::Succeeded { result: None },
+            now,
+            &jobs(&["c", "zz"]),
+            LEASE,
+        )
+        .await
+        .unwrap();
+    assert!(next.is_none(), "{next:?}");
+    let a = store
+        .claim_many(left, &jobs(&["a"]), now, LEASE, 8)
+        .await
+        .unwrap();
+    assert_eq!(names(&a), ["a"]);
+}
+
 pub async fn claim_many_takes_the_oldest_due_runs_one_per_job(store: Arc<dyn JobStore>) {
     let a = create(&*store, new_run("a", T0)).await;
     let b = create(&*store, new_run("b", T0 + secs(1))).await;
@@ -786,6 +833,7 @@ macro_rules! store_suite {
             idempotency_key_returns_the_first_answer,
             force_replaces_the_active_run,
             claims_oldest_due_run_of_registered_jobs,
+            each_instance_claims_only_the_jobs_it_runs,
             claim_many_takes_the_oldest_due_runs_one_per_job,
             concurrent_claims_take_each_run_once,
             expired_lease_is_reclaimed_and_late_writes_are_fenced,

@@ -35,7 +35,7 @@ mod retention;
 pub(crate) mod rows;
 pub(crate) mod script;
 
-use conn::{SqlConn, SqlRow, Stmt};
+use conn::{Param, SqlConn, SqlRow, Stmt};
 use queries::Queries;
 use rows::{attempt_from_row, event_from_row, max_attempts, run_from_row};
 use script::{Script, event_params, fenced, pending_event, running_event};
@@ -79,6 +79,12 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     async fn commit(tx: Self::Tx) -> Result<(), StoreError>;
 
     async fn pooled(&self) -> Result<Self::Pooled, StoreError>;
+
+    /// The parameter a claim statement takes for the jobs it may claim: the names
+    /// (SQLite), or what the backend registered for them.
+    async fn job_filter<'j>(&self, jobs: &'j [String]) -> Result<Param<'j>, StoreError> {
+        Ok(Param::Names(jobs))
+    }
 
     /// The common create in one statement, where the database can: `None` when a
     /// unique index objected (nothing written) or the backend has no such statement.
@@ -288,7 +294,7 @@ impl<B: SqlBackend> JobStore for B {
             .bind(instance)
             .bind(expires)
             .bind(now)
-            .bind(jobs)
+            .bind(self.job_filter(jobs).await?)
             .bind(i64::try_from(max).unwrap_or(i64::MAX))
             .bind(kind)
             .bind(payload)
