@@ -221,24 +221,10 @@ mod tests {
     async fn readers_wait_for_writers_that_hold_a_lower_seq() {
         use sqlx::Connection;
 
-        use crate::store::postgres::{PgStore, PgStoreOptions};
-        use crate::store::{JobStore, NewRun};
+        use crate::store::JobStore;
+        use crate::store::postgres::test_support::{fresh_store, start};
 
-        let url = std::env::var("PULSE_TEST_DATABASE_URL").expect("PULSE_TEST_DATABASE_URL");
-        let schema = format!("etl_test_{}", uuid::Uuid::new_v4().simple());
-        let store = PgStore::connect_with(PgStoreOptions::new(&url).with_schema(&schema))
-            .await
-            .unwrap();
-        let start = |job: &str| NewRun {
-            id: RunId::new(),
-            job_name: job.to_owned(),
-            params: serde_json::json!({}),
-            requested_by: None,
-            idempotency_key: None,
-            max_attempts: 1,
-            force: false,
-            created_at: time::OffsetDateTime::now_utc(),
-        };
+        let (store, url, schema) = fresh_store().await;
         // A writer of the store's protocol, held open: draws a seq, does not commit.
         let statement = format!(
             "INSERT INTO \"{schema}\".etl_events (run_id, job_name, at, kind, payload) \

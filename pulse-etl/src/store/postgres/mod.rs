@@ -552,17 +552,28 @@ async fn notify_others_task(
     }
 }
 
+/// What the PostgreSQL unit tests share.
 #[cfg(test)]
-mod tests {
-    use std::hash::BuildHasher;
-
+pub(super) mod test_support {
     use super::{PgStore, PgStoreOptions};
-    use crate::model::InstanceId;
-    use crate::store::{CreateOutcome, JobStore, NewRun};
+    use crate::model::RunId;
+    use crate::store::NewRun;
 
-    fn start(job: &str) -> NewRun {
+    /// A store in a fresh schema of `PULSE_TEST_DATABASE_URL`, with the URL and the
+    /// schema's name.
+    pub(crate) async fn fresh_store() -> (PgStore, String, String) {
+        let url = std::env::var("PULSE_TEST_DATABASE_URL").expect("PULSE_TEST_DATABASE_URL");
+        let schema = format!("etl_test_{}", uuid::Uuid::new_v4().simple());
+        let store = PgStore::connect_with(PgStoreOptions::new(&url).with_schema(&schema))
+            .await
+            .unwrap();
+        (store, url, schema)
+    }
+
+    /// A start of `job`, now.
+    pub(crate) fn start(job: &str) -> NewRun {
         NewRun {
-            id: crate::model::RunId::new(),
+            id: RunId::new(),
             job_name: job.to_owned(),
             params: serde_json::json!({}),
             requested_by: None,
@@ -572,17 +583,22 @@ mod tests {
             created_at: time::OffsetDateTime::now_utc(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::test_support::{fresh_store, start};
+    use crate::model::InstanceId;
+    use crate::store::{CreateOutcome, JobStore};
 
     /// Another set holding the id our names digest to (a collision, or a foreign write):
     /// the store registers its names under the next id, and claims only its own jobs.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs PostgreSQL (PULSE_TEST_DATABASE_URL)"]
     async fn a_taken_job_set_id_moves_the_set_to_the_next_one() {
-        let url = std::env::var("PULSE_TEST_DATABASE_URL").expect("PULSE_TEST_DATABASE_URL");
-        let schema = format!("etl_test_{}", uuid::Uuid::new_v4().simple());
-        let store = PgStore::connect_with(PgStoreOptions::new(&url).with_schema(&schema))
-            .await
-            .unwrap();
+        let (store, _, schema) = fresh_store().await;
         let ours = vec!["ours".to_owned()];
         let digest = foldhash::fast::FixedState::with_seed(0).hash_one(&ours[..]);
         let taken = i64::from_ne_bytes(digest.to_ne_bytes());

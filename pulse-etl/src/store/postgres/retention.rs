@@ -8,7 +8,7 @@ pub(super) const RETENTION_LOCK: i64 = 0x7265_7465_6e74;
 #[cfg(test)]
 mod tests {
     use super::RETENTION_LOCK;
-    use crate::store::postgres::{PgStore, PgStoreOptions};
+    use crate::store::postgres::test_support::fresh_store;
     use crate::store::{JobStore, PruneBatch};
 
     /// Against a real database: while another session holds the schema's retention lock,
@@ -18,11 +18,7 @@ mod tests {
     async fn one_instance_prunes_at_a_time() {
         use sqlx::Connection;
 
-        let url = std::env::var("PULSE_TEST_DATABASE_URL").expect("PULSE_TEST_DATABASE_URL");
-        let schema = format!("etl_test_{}", uuid::Uuid::new_v4().simple());
-        let store = PgStore::connect_with(PgStoreOptions::new(&url).with_schema(&schema))
-            .await
-            .unwrap();
+        let (store, url, schema) = fresh_store().await;
         let batch = PruneBatch {
             events_before: time::OffsetDateTime::now_utc(),
             runs_before: time::OffsetDateTime::now_utc(),
