@@ -6,17 +6,20 @@
 //! written). Only accepted starts and cancels are recorded: a refused one left nothing
 //! to audit at the ETL, and its 401/403 is in the gateway's log and metrics.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
+use futures_util::future::{BoxFuture, Either};
 use pulse_core::Identity;
 use pulse_core::request_id::RequestId;
 use serde_json::{Value, json};
+use tower::{Layer, Service};
 
 use super::auth::{Auth, json_error};
 use crate::stack::accounts::Origin;
@@ -46,25 +49,82 @@ fn action_of(method: &Method, path: &str) -> Option<AuditAction> {
     }
 }
 
-/// Record accepted job starts and run cancels (`axum::middleware::from_fn_with_state`).
-pub async fn record(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
-    let Some(action) = action_of(request.method(), request.uri().path()) else {
-        return next.run(request).await;
-    };
-    let user = request
-        .extensions()
-        .get::<Identity>()
-        .map(|identity| identity.subject.clone());
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.as_str().to_owned());
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| *addr);
-    let client = auth.client(request.headers(), peer);
-    let response = next.run(request).await;
+/// Records accepted job starts and run cancels. A tower layer: every other request
+/// goes through with the inner future as it is (no boxing, no clone of the route, as
+/// `middleware::from_fn` would cost on every call).
+#[derive(Clone)]
+pub struct JobAuditLayer {
+    auth: Arc<Auth>,
+}
+
+impl JobAuditLayer {
+    pub fn new(auth: Arc<Auth>) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> Layer<S> for JobAuditLayer {
+    type Service = JobAudit<S>;
+
+    fn layer(&self, inner: S) -> JobAudit<S> {
+        JobAudit {
+            inner,
+            auth: Arc::clone(&self.auth),
+        }
+    }
+}
+
+/// The service of [`JobAuditLayer`].
+#[derive(Clone)]
+pub struct JobAudit<S> {
+    inner: S,
+    auth: Arc<Auth>,
+}
+
+impl<S> Service<Request> for JobAudit<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let Some(action) = action_of(request.method(), request.uri().path()) else {
+            return Either::Left(self.inner.call(request));
+        };
+        let user = request
+            .extensions()
+            .get::<Identity>()
+            .map(|identity| identity.subject.clone());
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.as_str().to_owned());
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| *addr);
+        let origin = Origin {
+            actor: user,
+            request_id,
+            client_addr: Some(self.auth.client(request.headers(), peer).to_string()),
+        };
+        let answer = self.inner.call(request);
+        let auth = Arc::clone(&self.auth);
+        Either::Right(Box::pin(async move {
+            Ok(record(&auth, action, origin, answer.await?).await)
+        }))
+    }
+}
+
+/// Writes the audit row of an accepted start or cancel, from its answer.
+async fn record(auth: &Auth, action: AuditAction, origin: Origin, response: Response) -> Response {
     if !response.status().is_success() {
         return response;
     }
@@ -77,7 +137,7 @@ pub async fn record(State(auth): State<Arc<Auth>>, request: Request, next: Next)
                 StatusCode::BAD_GATEWAY,
                 "bad_gateway",
                 "The ETL service's answer broke off",
-                request_id,
+                origin.request_id,
             );
         }
     };
@@ -91,11 +151,6 @@ pub async fn record(State(auth): State<Arc<Auth>>, request: Request, next: Next)
     if parts.headers.contains_key(IDEMPOTENT_REPLAYED) {
         detail["replayed"] = json!(true);
     }
-    let origin = Origin {
-        actor: user,
-        request_id,
-        client_addr: Some(client.to_string()),
-    };
     let target = run["id"].as_str();
     auth.store()
         .record_or_log(&AuditEvent::new(action, &origin, target, detail))

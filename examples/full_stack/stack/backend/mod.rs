@@ -16,9 +16,9 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use pulse_breaker::{Backoff, Breaker, BreakerConfig};
@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::timeout::TimeoutLayer;
-use tower::util::BoxCloneSyncService;
+use tower::util::{BoxCloneSyncService, MapResponseLayer};
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -401,10 +401,7 @@ pub async fn start(
                 .layer(AuthorizeLayer::new(rule_table()?))
                 // Accepted starts and cancels go into the audit trail (user, job, run,
                 // request).
-                .layer(middleware::from_fn_with_state(
-                    Arc::clone(&users),
-                    job_audit::record,
-                )),
+                .layer(job_audit::JobAuditLayer::new(Arc::clone(&users))),
         );
 
     // `/api/admin/*`: a user token (JWT), then users.manage by the rule table.
@@ -458,10 +455,10 @@ pub async fn start(
                 )
                 // Retry-After on every 503 without one, from the breaker, so clients
                 // back off.
-                .layer(middleware::from_fn_with_state(
-                    etl_pool.clone(),
-                    retry_after_on_503,
-                ))
+                .layer(MapResponseLayer::new({
+                    let pool = etl_pool.clone();
+                    move |response| retry_after_on_503(&pool, response)
+                }))
                 // API answers are JSON: no browser may sniff them into HTML.
                 .layer(SetResponseHeaderLayer::if_not_present(
                     header::X_CONTENT_TYPE_OPTIONS,
@@ -469,10 +466,7 @@ pub async fn start(
                 ))
                 // Every answer, by matched route, method and status (401s, 403s and 404s
                 // included).
-                .layer(middleware::from_fn_with_state(
-                    metrics::RequestSeries::default(),
-                    metrics::record,
-                )),
+                .layer(metrics::RecordLayer::default()),
         );
 
     let server = serve("backend", listener, router, tls, options.limits())?;
@@ -683,14 +677,14 @@ async fn read_to_end(response: Response) -> Response {
     }
 }
 
-async fn retry_after_on_503(State(pool): State<EtlPool>, request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
+/// `Retry-After` on a 503 without one, from the ETL instances' breakers.
+fn retry_after_on_503(pool: &EtlPool, mut response: Response) -> Response {
     if response.status() == StatusCode::SERVICE_UNAVAILABLE
         && !response.headers().contains_key(header::RETRY_AFTER)
     {
         response
             .headers_mut()
-            .insert(header::RETRY_AFTER, retry_after_value(retry_after(&pool)));
+            .insert(header::RETRY_AFTER, retry_after_value(retry_after(pool)));
     }
     response
 }
