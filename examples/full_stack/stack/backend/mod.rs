@@ -373,35 +373,33 @@ pub async fn start(
         probe,
     };
 
-    // `/api/etl/*`. Each `.layer` wraps the ones before it, so a request meets them
-    // bottom-up: JWT → RBAC → [job audit] → [status cache] → Proxy (the correlation id, trace and
-    // metrics wrap the whole router below).
+    // `/api/etl/*`: a request meets JWT → RBAC → job audit → [status cache] → Proxy (the
+    // correlation id, trace and metrics wrap the whole router below). The layers wrap
+    // each service before it is routed rather than through `Router::layer`, which would
+    // box every route once more (and axum clones a boxed route per request).
+    let etl_layers = ServiceBuilder::new()
+        // Everything under /api/etl needs a valid user token (401 + WWW-Authenticate
+        // otherwise); the verified user becomes the span's user_id.
+        .layer(JwtAuthLayer::new(verifier.clone()))
+        // Deny by default: etl.access for anything, etl.jobs.run to start or cancel.
+        .layer(AuthorizeLayer::new(rule_table()?))
+        // Accepted starts and cancels go into the audit trail (user, job, run, request).
+        .layer(job_audit::JobAuditLayer::new(Arc::clone(&users)));
     let etl_routes = Router::new()
         .route_service(
             "/api/etl/jobs/status",
-            ServiceBuilder::new()
-                // Read the small status body to its end here: the cache stores an entry
-                // when its body ends, which hyper may never poll for once the
-                // Content-Length bytes are written.
-                .layer(middleware::map_response(read_to_end))
-                .service(status.map_response(IntoResponse::into_response)),
+            etl_layers.service(
+                ServiceBuilder::new()
+                    // Read the small status body to its end here: the cache stores an
+                    // entry when its body ends, which hyper may never poll for once the
+                    // Content-Length bytes are written.
+                    .layer(middleware::map_response(read_to_end))
+                    .service(status.map_response(IntoResponse::into_response)),
+            ),
         )
         .route_service(
             "/api/etl/{*path}",
-            proxy.map_response(IntoResponse::into_response),
-        )
-        // One `Router::layer` for the three: each call boxes every route once more,
-        // and a boxed route is cloned per request.
-        .layer(
-            ServiceBuilder::new()
-                // Everything under /api/etl needs a valid user token (401 +
-                // WWW-Authenticate otherwise); the verified user becomes the span's user_id.
-                .layer(JwtAuthLayer::new(verifier.clone()))
-                // Deny by default: etl.access for anything, etl.jobs.run to start or cancel.
-                .layer(AuthorizeLayer::new(rule_table()?))
-                // Accepted starts and cancels go into the audit trail (user, job, run,
-                // request).
-                .layer(job_audit::JobAuditLayer::new(Arc::clone(&users))),
+            etl_layers.service(proxy.map_response(IntoResponse::into_response)),
         );
 
     // `/api/admin/*`: a user token (JWT), then users.manage by the rule table.
