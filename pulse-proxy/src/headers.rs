@@ -1,5 +1,6 @@
 //! Steps 3, 4 and 7: header hygiene on the way in and out, and what the proxy injects.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
@@ -106,7 +107,8 @@ impl ForwardedPolicy {
         peer: Option<IpAddr>,
         original_host: Option<&HeaderValue>,
     ) {
-        let mut xff = String::new();
+        // Sized for a hop or two: one allocation each in the common case.
+        let mut xff = String::with_capacity(48);
         let mut fwd = String::new();
         let mut proto = None;
         let mut host = None;
@@ -131,22 +133,25 @@ impl ForwardedPolicy {
         let proto = proto.unwrap_or_else(|| self.proto.clone());
         let host = host.or_else(|| original_host.cloned());
         if let Some(ip) = peer {
-            push_list(&mut xff, &ip.to_string());
+            // Written in place: no string per address or element.
+            start_item(&mut xff);
+            let _ = write!(xff, "{ip}");
             if self.forwarded {
-                let mut element = match ip {
-                    IpAddr::V4(v4) => format!("for={v4}"),
-                    IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+                fwd.reserve(96);
+                start_item(&mut fwd);
+                let _ = match ip {
+                    IpAddr::V4(v4) => write!(fwd, "for={v4}"),
+                    IpAddr::V6(v6) => write!(fwd, "for=\"[{v6}]\""),
                 };
                 if let Ok(p) = proto.to_str() {
-                    element.push_str(";proto=");
-                    element.push_str(p);
+                    fwd.push_str(";proto=");
+                    fwd.push_str(p);
                 }
                 if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
-                    element.push_str(";host=\"");
-                    element.push_str(h);
-                    element.push('"');
+                    fwd.push_str(";host=\"");
+                    fwd.push_str(h);
+                    fwd.push('"');
                 }
-                push_list(&mut fwd, &element);
             }
         }
         if !xff.is_empty()
@@ -167,10 +172,15 @@ impl ForwardedPolicy {
 }
 
 fn push_list(list: &mut String, item: &str) {
+    start_item(list);
+    list.push_str(item);
+}
+
+/// The separator before a list's next item, if it has one already.
+fn start_item(list: &mut String) {
     if !list.is_empty() {
         list.push_str(", ");
     }
-    list.push_str(item);
 }
 
 /// The rightmost `n` comma-separated elements over all lines of a header, in order.

@@ -52,7 +52,7 @@ pub use future::ResponseFuture;
 pub use layer::{RequestIdLayer, SetRequestIdLayer};
 pub use service::{RequestIdService, SetRequestId};
 
-use std::{fmt, sync::Arc};
+use std::fmt;
 
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue};
 
@@ -78,30 +78,34 @@ pub fn record_user_id(user_id: &str) {
 }
 
 /// A validated correlation id. Cheap to clone.
+///
+/// Kept as the header value it is sent as: setting it on a request or a response clones
+/// a reference-counted buffer instead of copying the id each time.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct RequestId(Arc<str>);
+pub struct RequestId(HeaderValue);
 
 impl RequestId {
     /// A fresh id: a UUIDv7, unique and sortable by creation time.
     pub fn generate() -> Self {
-        Self(Arc::from(uuid::Uuid::now_v7().to_string()))
+        let mut buffer = [0_u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer);
+        // A hyphenated UUID is always a valid header value.
+        Self(HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
     }
 
     /// Parse an id, accepting it only when it is 1..=[`MAX_LEN`] characters of
     /// `[A-Za-z0-9._:-]`.
     pub fn parse(value: &str) -> Option<Self> {
-        Self::is_valid(value.as_bytes()).then(|| Self(Arc::from(value)))
+        if !Self::is_valid(value.as_bytes()) {
+            return None;
+        }
+        HeaderValue::from_str(value).ok().map(Self)
     }
 
-    /// Parse an id from a header value (see [`RequestId::parse`]).
+    /// Parse an id from a header value (see [`RequestId::parse`]); a valid one shares
+    /// the value's buffer.
     pub fn from_header_value(value: &HeaderValue) -> Option<Self> {
-        let bytes = value.as_bytes();
-        if Self::is_valid(bytes) {
-            // Valid ids are ASCII, so this conversion cannot fail.
-            std::str::from_utf8(bytes).ok().map(|s| Self(Arc::from(s)))
-        } else {
-            None
-        }
+        Self::is_valid(value.as_bytes()).then(|| Self(value.clone()))
     }
 
     /// Whether `bytes` is an acceptable correlation id.
@@ -143,39 +147,38 @@ impl RequestId {
 
     /// The id as a string.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Valid ids are ASCII: the conversion cannot fail.
+        self.0.to_str().unwrap_or_default()
     }
 
-    /// The id as a header value.
+    /// The id as a header value (shares the id's buffer).
     pub fn to_header_value(&self) -> HeaderValue {
-        // Valid ids are visible ASCII, which is always a valid header value.
-        HeaderValue::from_str(&self.0).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        self.0.clone()
     }
 
     /// Set this id on an outbound request's headers, under both `X-Request-ID` and
     /// `X-Correlation-ID`, replacing any value already there.
     pub fn set_on(&self, headers: &mut HeaderMap) {
-        let value = self.to_header_value();
-        headers.insert(X_CORRELATION_ID, value.clone());
-        headers.insert(X_REQUEST_ID, value);
+        headers.insert(X_CORRELATION_ID, self.0.clone());
+        headers.insert(X_REQUEST_ID, self.0.clone());
     }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl AsRef<str> for RequestId {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
