@@ -222,7 +222,7 @@ mod tests {
         use sqlx::Connection;
 
         use crate::store::JobStore;
-        use crate::store::postgres::test_support::{fresh_store, start};
+        use crate::store::postgres::tests::test_support::{fresh_store, start};
 
         let (store, url, schema) = fresh_store().await;
         // A writer of the store's protocol, held open: draws a seq, does not commit.

@@ -39,7 +39,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 static QUERIES: Queries = queries!("postgres", insert_attempt: None);
 
 mod events;
+mod notify;
 mod retention;
+#[cfg(test)]
+mod tests;
 
 /// How to connect a [`PgStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,7 +225,7 @@ impl PgStore {
             }
         });
         let notify_others = Arc::new(Notify::new());
-        let notifier = tokio::spawn(notify_others_task(
+        let notifier = tokio::spawn(notify::notify_others_task(
             notifier_connect,
             channel.clone(),
             tag,
@@ -497,144 +500,4 @@ fn lock_key(schema: &str) -> i64 {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     i64::from_ne_bytes(hash.to_ne_bytes())
-}
-
-/// The least time between two `NOTIFY`s of one store. The first commit after a quiet
-/// spell is announced at once; under load, the commits of each interval share one
-/// notification (measured in the queued benchmark: one `NOTIFY` per commit cost 13 % of
-/// the throughput, every other instance's listener waking for each).
-pub(super) const NOTIFY_INTERVAL: Duration = Duration::from_millis(2);
-
-/// Sends one `NOTIFY` on `channel` whenever woken, however many commits woke it since
-/// the last one and at most one per [`NOTIFY_INTERVAL`], on a connection of its own with
-/// asynchronous commit: a `NOTIFY` inside the writing transactions would serialise their
-/// commits (PostgreSQL orders the notification queue by holding one lock through each
-/// notifying commit).
-async fn notify_others_task(
-    connect: PgConnectOptions,
-    channel: String,
-    tag: String,
-    wake: Arc<Notify>,
-) {
-    let mut conn: Option<sqlx::PgConnection> = None;
-    loop {
-        wake.notified().await;
-        // A broken connection is replaced once per wake-up; a database that stays away
-        // costs one failed connect per wake-up, and the other instances poll meanwhile.
-        for retry in [false, true] {
-            if conn.is_none() {
-                match connect.connect().await {
-                    Ok(fresh) => conn = Some(fresh),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "NOTIFY connection failed");
-                        break;
-                    }
-                }
-            }
-            let Some(open) = conn.as_mut() else { break };
-            match sqlx::query(include_str!("../../../queries/postgres/notify.sql"))
-                .bind(&channel)
-                .bind(&tag)
-                .execute(open)
-                .await
-            {
-                Ok(_) => break,
-                Err(err) => {
-                    conn = None;
-                    if retry {
-                        tracing::warn!(error = %err, "NOTIFY failed");
-                    }
-                }
-            }
-        }
-        // Wake-ups meanwhile leave one permit: the next `NOTIFY` covers them all.
-        tokio::time::sleep(NOTIFY_INTERVAL).await;
-    }
-}
-
-/// What the PostgreSQL unit tests share.
-#[cfg(test)]
-pub(super) mod test_support {
-    use super::{PgStore, PgStoreOptions};
-    use crate::model::RunId;
-    use crate::store::NewRun;
-
-    /// A store in a fresh schema of `PULSE_TEST_DATABASE_URL`, with the URL and the
-    /// schema's name.
-    pub(crate) async fn fresh_store() -> (PgStore, String, String) {
-        let url = std::env::var("PULSE_TEST_DATABASE_URL").expect("PULSE_TEST_DATABASE_URL");
-        let schema = format!("etl_test_{}", uuid::Uuid::new_v4().simple());
-        let store = PgStore::connect_with(PgStoreOptions::new(&url).with_schema(&schema))
-            .await
-            .unwrap();
-        (store, url, schema)
-    }
-
-    /// A start of `job`, now.
-    pub(crate) fn start(job: &str) -> NewRun {
-        NewRun {
-            id: RunId::new(),
-            job_name: job.to_owned(),
-            params: serde_json::json!({}),
-            requested_by: None,
-            idempotency_key: None,
-            max_attempts: 1,
-            force: false,
-            created_at: time::OffsetDateTime::now_utc(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::hash::BuildHasher;
-
-    use super::test_support::{fresh_store, start};
-    use crate::model::InstanceId;
-    use crate::store::{CreateOutcome, JobStore};
-
-    /// Another set holding the id our names digest to (a collision, or a foreign write):
-    /// the store registers its names under the next id, and claims only its own jobs.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs PostgreSQL (PULSE_TEST_DATABASE_URL)"]
-    async fn a_taken_job_set_id_moves_the_set_to_the_next_one() {
-        let (store, _, schema) = fresh_store().await;
-        let ours = vec!["ours".to_owned()];
-        let digest = foldhash::fast::FixedState::with_seed(0).hash_one(&ours[..]);
-        let taken = i64::from_ne_bytes(digest.to_ne_bytes());
-        sqlx::query("INSERT INTO etl_job_sets (set_id, job_name) VALUES ($1, 'theirs')")
-            .bind(taken)
-            .execute(store.pg_pool())
-            .await
-            .unwrap();
-        for job in ["theirs", "ours"] {
-            let created = store.create_run(start(job)).await.unwrap();
-            assert!(matches!(created, CreateOutcome::Created { .. }));
-        }
-        let now = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
-        let lease = std::time::Duration::from_secs(30);
-        let claims = store
-            .claim_many(InstanceId::new(), &ours, now, lease, 8)
-            .await
-            .unwrap();
-        let claimed: Vec<&str> = claims.iter().map(|c| c.run.job_name.as_str()).collect();
-        assert_eq!(claimed, ["ours"]);
-        let sets: Vec<(i64, String)> =
-            sqlx::query_as("SELECT set_id, job_name FROM etl_job_sets ORDER BY set_id, job_name")
-                .fetch_all(store.pg_pool())
-                .await
-                .unwrap();
-        let mut expected = vec![
-            (taken, "theirs".to_owned()),
-            (taken.wrapping_add(1), "ours".to_owned()),
-        ];
-        expected.sort();
-        assert_eq!(sets, expected);
-
-        sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-            .execute(store.pg_pool())
-            .await
-            .unwrap();
-        store.close().await;
-    }
 }

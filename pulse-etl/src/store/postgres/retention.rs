@@ -8,7 +8,7 @@ pub(super) const RETENTION_LOCK: i64 = 0x7265_7465_6e74;
 #[cfg(test)]
 mod tests {
     use super::RETENTION_LOCK;
-    use crate::store::postgres::test_support::fresh_store;
+    use crate::store::postgres::tests::test_support::fresh_store;
     use crate::store::{JobStore, PruneBatch};
 
     /// Against a real database: while another session holds the schema's retention lock,
