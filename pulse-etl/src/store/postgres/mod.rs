@@ -319,7 +319,9 @@ impl SqlBackend for PgStore {
     /// The id of the job set holding exactly `jobs` (`etl_job_sets`), registered on
     /// first use: a claim sends 8 bytes instead of every name.
     async fn job_filter<'j>(&self, jobs: &'j [String]) -> Result<Param<'j>, StoreError> {
-        // Every claim digests the names (3,000 in the queued benchmark): a fast hash.
+        // Every claim digests the names (3,000 in the queued benchmark): a fast hash. The
+        // names are the engine's registered jobs, not client input, so the digest is
+        // keyed by them alone; the database side checks the set's contents.
         let digest = foldhash::fast::FixedState::with_seed(0).hash_one(jobs);
         let known = self
             .inner
