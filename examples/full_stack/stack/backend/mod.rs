@@ -4,11 +4,15 @@
 
 pub mod admin;
 pub mod auth;
+mod health;
 pub mod job_audit;
 pub mod metrics;
 pub mod openapi;
 pub mod shared;
 pub mod ws;
+
+pub use self::health::EtlProbe;
+use self::health::{health, health_checks};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,19 +20,18 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use pulse_breaker::{Backoff, Breaker, BreakerConfig};
-use pulse_core::health::{Health, HealthAggregator, check_fn};
+use pulse_core::health::HealthAggregator;
 use pulse_core::internal_auth::{InternalCredentialLayer, InternalTokenMinter, KeyRing};
 use pulse_core::jwt::{JwtAuthLayer, JwtVerifier, TokenIssuer, VerifiedTokenCache};
 use pulse_core::rbac::RuleTable;
 use pulse_core::request_id::RequestId;
 use pulse_core::{AuthorizeLayer, RequestIdLayer};
-use pulse_etl::client::EtlClient;
 use pulse_proxy::cache::{CacheLayer, CacheStats, MemoryStore, RedisStore};
 use pulse_proxy::transport::{HttpTransport, HttpsTransport, TransportBody, TransportConfig};
 use pulse_proxy::{Proxy, ProxyConfig, ProxyError};
@@ -492,141 +495,12 @@ pub async fn start(
     })
 }
 
-/// `GET /health` of every ETL instance, at once.
-#[derive(Clone, Debug)]
-pub struct EtlProbe {
-    clients: Arc<Vec<(String, EtlClient<EtlTransport>)>>,
-}
-
-impl EtlProbe {
-    fn new(urls: &[String], tls: &rustls::ClientConfig) -> anyhow::Result<Self> {
-        let clients = urls
-            .iter()
-            .map(|url| {
-                Ok((
-                    url.clone(),
-                    EtlClient::new(url, etl_transport(tls))?.with_timeout(Duration::from_secs(2)),
-                ))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Self {
-            clients: Arc::new(clients),
-        })
-    }
-
-    /// Each instance's answer (`None`: unreachable), in order.
-    async fn probe(&self) -> Vec<Option<pulse_etl::client::EtlHealth>> {
-        futures_util::future::join_all(self.clients.iter().map(|(url, client)| async move {
-            match client.health().await {
-                Ok(health) => Some(health),
-                Err(error) => {
-                    tracing::warn!(%error, instance = %url, "ETL health check failed");
-                    None
-                }
-            }
-        }))
-        .await
-    }
-}
-
-/// An instance answered its health check: it is up (its store is the `database` check).
-fn answered(health: &pulse_etl::client::EtlHealth) -> bool {
-    health.status.is_success() || health.status == StatusCode::SERVICE_UNAVAILABLE
-}
-
-/// backend_service (this process), etl_service (`GET /health` of the ETL instances:
-/// healthy while one answers) and database (as an answering instance reports its store).
-fn health_checks(probe: &EtlProbe) -> HealthAggregator {
-    let etl_probe = probe.clone();
-    let db_probe = probe.clone();
-    HealthAggregator::new()
-        .with_timeout(Duration::from_secs(3))
-        .with_check("backend_service", check_fn(|| async { Health::Healthy }))
-        .with_check(
-            "etl_service",
-            check_fn(move || {
-                let probe = etl_probe.clone();
-                async move {
-                    let answers = probe.probe().await;
-                    if answers.iter().flatten().any(answered) {
-                        Health::Healthy
-                    } else if answers.iter().any(Option::is_some) {
-                        Health::unhealthy("unexpected answer")
-                    } else {
-                        Health::unhealthy("unreachable")
-                    }
-                }
-            }),
-        )
-        .with_check(
-            "database",
-            check_fn(move || {
-                let probe = db_probe.clone();
-                async move {
-                    let answers = probe.probe().await;
-                    if answers.iter().all(Option::is_none) {
-                        return Health::unhealthy("unknown: ETL unreachable");
-                    }
-                    let healthy = answers.iter().flatten().any(|health| {
-                        health.report["services"]["database"]["status"].as_str() == Some("healthy")
-                    });
-                    if healthy {
-                        Health::Healthy
-                    } else {
-                        Health::unhealthy("store unavailable")
-                    }
-                }
-            }),
-        )
-}
-
 /// The transport of the gateway's own ETL calls (health, the event subscription):
 /// pooled, TLS when the URL is https://.
 pub type EtlTransport = HttpsTransport<http_body_util::Full<bytes::Bytes>>;
 
 fn etl_transport(tls: &rustls::ClientConfig) -> EtlTransport {
     HttpTransport::https(TransportConfig::new(), tls.clone())
-}
-
-async fn health(State(gateway): State<Gateway>) -> Response {
-    let (report, answers) = tokio::join!(gateway.health.check(), gateway.probe.probe());
-    let healthy = report.is_healthy();
-    let status = report.status_code();
-    let mut body: serde_json::Value =
-        serde_json::from_slice(&report.to_json()).unwrap_or_else(|_| serde_json::json!({}));
-    // Every ETL instance: whether it answered, its circuit, whether it is ejected.
-    let instances: Vec<serde_json::Value> = gateway
-        .etl
-        .status()
-        .into_iter()
-        .zip(answers)
-        .map(|(instance, answer)| {
-            let up = answer.as_ref().is_some_and(answered);
-            serde_json::json!({
-                "url": instance.name,
-                "status": if up { "healthy" } else { "unhealthy" },
-                "circuit": instance.circuit.to_string(),
-                "ejected": instance.ejected_for.is_some(),
-            })
-        })
-        .collect();
-    body["instances"] = serde_json::json!({ "etl": instances });
-    let mut response = (
-        status,
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body.to_string(),
-    )
-        .into_response();
-    if !healthy {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            retry_after_value(retry_after(&gateway.etl)),
-        );
-    }
-    response
 }
 
 /// When a client should try the ETL again: the soonest any instance's breaker
