@@ -264,9 +264,20 @@ impl ProxyError {
     /// error; then the well-known errors of hyper, hyper-util, tower and the standard
     /// library are recognised; anything else is a [`ProxyError::Protocol`] error.
     pub fn classify(err: &(dyn StdError + 'static)) -> Self {
-        // Set from hyper-util's client error, the only one that tells a connect failure.
+        Self::classify_in(err, false)
+    }
+
+    /// [`classify`](Self::classify) for an error of opening the connection.
+    #[cfg(feature = "http")]
+    pub(crate) fn classify_connect(err: &(dyn StdError + 'static)) -> Self {
+        Self::classify_in(err, true)
+    }
+
+    /// `connect`: the error is known to come from opening the connection; otherwise
+    /// hyper-util's client error tells it.
+    fn classify_in(err: &(dyn StdError + 'static), connect: bool) -> Self {
         #[cfg_attr(not(feature = "http"), allow(unused_mut))]
-        let mut connect = false;
+        let mut connect = connect;
         let mut current: Option<&(dyn StdError + 'static)> = Some(err);
         while let Some(e) = current {
             if let Some(own) = e.downcast_ref::<Self>() {

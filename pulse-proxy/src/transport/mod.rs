@@ -5,7 +5,7 @@
 //!
 //! | transport | reaches the upstream over | feature |
 //! | --- | --- | --- |
-//! | [`HttpTransport`] | pooled TCP connections (hyper-util's client), optional rustls TLS | `http` (default), `tls` |
+//! | [`HttpTransport`] | pooled TCP connections, optional rustls TLS | `http` (default), `tls` |
 //! | [`UnixTransport`] | pooled Unix-domain-socket connections | `unix` (default, unix only) |
 //! | [`InProcessTransport`] | a call into any tower service, e.g. the ETL router | always |
 //!
@@ -13,12 +13,20 @@
 //! size and timeout, and a hard cap on requests in flight that fails fast with
 //! [`ProxyError::PoolExhausted`](crate::ProxyError::PoolExhausted) (503) instead of
 //! queueing, which hyper-util's client alone does not offer.
+//!
+//! Plain `http://` upstreams are spoken to over HTTP/1.1 on hyper's connection API with
+//! a pool kept here: the task that sends a request polls its upstream connection until
+//! the response body ends, so a proxied request costs no task switch and no channel
+//! hop. `https://` upstreams and HTTP/2 go through hyper-util's client (ALPN,
+//! multiplexing). [`HttpTransport`] says which takes what.
 
 use std::time::Duration;
 
 mod in_process;
 pub use in_process::InProcessTransport;
 
+#[cfg(feature = "http")]
+mod http1;
 #[cfg(feature = "http")]
 mod pooled;
 #[cfg(feature = "http")]

@@ -1,4 +1,4 @@
-//! [`HttpTransport`]: hyper-util's pooled client behind a fail-fast in-flight cap.
+//! [`HttpTransport`]: pooled upstream connections behind a fail-fast in-flight cap.
 
 use std::{
     fmt,
@@ -22,24 +22,36 @@ use hyper_util::{
     },
     rt::{TokioExecutor, TokioTimer},
 };
-use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
-use super::TransportConfig;
+use super::{
+    TransportConfig,
+    http1::{self, Exchange, Http1Pool, Lease},
+};
 use crate::{
     body::BodyWatch,
     error::{BoxError, ProxyError},
 };
 
-/// The pooled HTTP transport: hyper-util's legacy client (keep-alive pool, HTTP/1.1
-/// or HTTP/2) with a hard cap on requests in flight that fails fast.
+/// The pooled HTTP transport: keep-alive pools of upstream connections (HTTP/1.1 or
+/// HTTP/2) with a hard cap on requests in flight that fails fast.
 ///
 /// `B` is the request body type; `C` the connector (plain TCP by default, rustls with
 /// `HttpTransport::https` (feature `tls`), a Unix socket in [`UnixTransport`](super::UnixTransport)).
-/// Clones share the pool and the cap.
+/// Clones share the pools and the cap.
+///
+/// Two engines share the cap:
+/// - `http://` upstreams, from [`new`](Self::new) and `https` (unless
+///   [`with_http2_only`](TransportConfig::with_http2_only)), go over HTTP/1.1 on hyper's
+///   connection API with the pool kept here: each upstream connection is polled by the
+///   task of the request that holds it, from the request head to the end of the
+///   response body, with no connection task and no channel in between;
+/// - everything else (`https://`, HTTP/2, a connector of your own) goes through
+///   hyper-util's client, which negotiates HTTP/2 by ALPN and multiplexes it.
 pub struct HttpTransport<B, C = HttpConnector> {
     client: Client<C, B>,
+    http1: Option<Http1Pool<B>>,
     in_flight: Arc<Semaphore>,
     config: TransportConfig,
     pinned: Option<(Scheme, Authority)>,
@@ -49,6 +61,7 @@ impl<B, C: Clone> Clone for HttpTransport<B, C> {
     fn clone(&self) -> Self {
         Self {
             client: self.client.clone(),
+            http1: self.http1.clone(),
             in_flight: Arc::clone(&self.in_flight),
             config: self.config.clone(),
             pinned: self.pinned.clone(),
@@ -73,7 +86,7 @@ where
 {
     /// A plain-TCP transport.
     pub fn new(config: TransportConfig) -> Self {
-        Self::with_connector(tcp_connector(&config), config)
+        Self::with_connector(tcp_connector(&config), config).with_http1_engine()
     }
 }
 
@@ -103,7 +116,7 @@ where
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        Self::with_connector(https, config)
+        Self::with_connector(https, config).with_http1_engine()
     }
 }
 
@@ -124,10 +137,43 @@ where
             .build(connector);
         Self {
             client,
+            http1: None,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             config,
             pinned: None,
         }
+    }
+}
+
+impl<B, C> HttpTransport<B, C>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// `http://` requests over the HTTP/1 engine, unless HTTP/2 is asked for.
+    fn with_http1_engine(self) -> Self {
+        let tcp = tcp_connector(&self.config);
+        self.with_http1_connector(tcp)
+    }
+
+    /// `http://` requests over the HTTP/1 engine and `connector`, unless HTTP/2 is
+    /// asked for.
+    pub(super) fn with_http1_connector<K>(mut self, connector: K) -> Self
+    where
+        K: Service<Uri> + Clone + Send + Sync + 'static,
+        K::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        K::Future: Send,
+        K::Error: Into<BoxError>,
+    {
+        if !self.config.http2_only {
+            self.http1 = Some(Http1Pool::new(
+                connector,
+                self.config.max_idle_per_host,
+                self.config.idle_timeout,
+            ));
+        }
+        self
     }
 }
 
@@ -181,35 +227,52 @@ where
                 }
             }
         }
-        match Arc::clone(&self.in_flight).try_acquire_owned() {
-            Ok(permit) => TransportFuture {
-                // Set by the proxy for a streamed client body.
-                body_watch: req.extensions().get::<BodyWatch>().cloned(),
-                inner: Some(self.client.request(req)),
-                permit: Some(permit),
-                error: None,
-            },
-            Err(_) => TransportFuture::failed(ProxyError::PoolExhausted),
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            return TransportFuture::failed(ProxyError::PoolExhausted);
+        };
+        // Set by the proxy for a streamed client body.
+        let body_watch = req.extensions().get::<BodyWatch>().cloned();
+        let inner = match &self.http1 {
+            Some(pool) if http1::is_plain_http(req.uri()) => Engine::Http1(pool.send(req)),
+            _ => Engine::Client(self.client.request(req)),
+        };
+        TransportFuture {
+            inner,
+            permit: Some(permit),
+            body_watch,
         }
     }
 }
 
 /// The response future of the pooled transports.
 pub struct TransportFuture {
-    inner: Option<ClientFuture>,
+    inner: Engine,
     permit: Option<OwnedSemaphorePermit>,
-    error: Option<ProxyError>,
     body_watch: Option<BodyWatch>,
+}
+
+enum Engine {
+    Http1(Exchange),
+    Client(ClientFuture),
+    Failed(Option<ProxyError>),
 }
 
 impl TransportFuture {
     const fn failed(error: ProxyError) -> Self {
         Self {
-            inner: None,
+            inner: Engine::Failed(Some(error)),
             permit: None,
-            error: Some(error),
             body_watch: None,
         }
+    }
+
+    /// The client's body fault first: HTTP/2 reports a request body that failed as a
+    /// reset stream, and HTTP/1 as a user-body error, without the cause.
+    fn fault(&self, err: ProxyError) -> ProxyError {
+        self.body_watch
+            .as_ref()
+            .and_then(BodyWatch::fault)
+            .unwrap_or(err)
     }
 }
 
@@ -223,43 +286,69 @@ impl Future for TransportFuture {
     type Output = Result<Response<TransportBody>, ProxyError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(Err(self.error.take().unwrap_or(ProxyError::PoolExhausted)));
+        let (res, lease) = match &mut self.inner {
+            Engine::Failed(error) => {
+                return Poll::Ready(Err(error.take().unwrap_or(ProxyError::PoolExhausted)));
+            }
+            Engine::Http1(exchange) => match exchange.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok((res, lease))) => (res, lease),
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(self.fault(err))),
+            },
+            Engine::Client(inner) => match Pin::new(inner).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(res)) => (res, None),
+                Poll::Ready(Err(e)) => {
+                    let err = self.fault(ProxyError::classify(&e));
+                    tracing::debug!(error = %e, kind = %err, "transport request failed");
+                    return Poll::Ready(Err(err));
+                }
+            },
         };
-        match Pin::new(inner).poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(res)) => {
-                let permit = self.permit.take();
-                Poll::Ready(Ok(res.map(|body| TransportBody { body, permit })))
-            }
-            Poll::Ready(Err(e)) => {
-                // The client's body fault first: HTTP/2 reports a request body that
-                // failed as a reset stream, without the cause.
-                let err = self
-                    .body_watch
-                    .as_ref()
-                    .and_then(BodyWatch::fault)
-                    .unwrap_or_else(|| ProxyError::classify(&e));
-                tracing::debug!(error = %e, kind = %err, "transport request failed");
-                Poll::Ready(Err(err))
-            }
-        }
+        let permit = self.permit.take();
+        Poll::Ready(Ok(res.map(|body| TransportBody {
+            body,
+            permit,
+            lease,
+        })))
     }
 }
 
-pin_project! {
-    /// A pooled transport's response body; it holds the in-flight permit until the
-    /// body ends or is dropped.
-    pub struct TransportBody {
-        #[pin]
-        body: Incoming,
-        permit: Option<OwnedSemaphorePermit>,
-    }
+/// A pooled transport's response body. It holds the in-flight permit until the body
+/// ends or is dropped, and (HTTP/1 engine) drives its upstream connection, which goes
+/// back to the pool at the end of the body.
+pub struct TransportBody {
+    body: Incoming,
+    permit: Option<OwnedSemaphorePermit>,
+    lease: Option<Lease>,
 }
 
 impl fmt::Debug for TransportBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TransportBody").finish_non_exhaustive()
+    }
+}
+
+impl TransportBody {
+    fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if frame.is_ready() {
+            return frame;
+        }
+        match self.lease.as_mut() {
+            // Reads what the body waits for; a closed connection ends the body, which
+            // the second poll then sees.
+            Some(lease) => {
+                if !lease.drive(cx) {
+                    self.lease = None;
+                }
+                Pin::new(&mut self.body).poll_frame(cx)
+            }
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -271,10 +360,20 @@ impl Body for TransportBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let frame = this.body.poll_frame(cx);
-        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
-            this.permit.take();
+        let this = self.get_mut();
+        let frame = this.poll_body(cx);
+        match &frame {
+            Poll::Ready(None) => {
+                this.permit.take();
+                if let Some(lease) = this.lease.take() {
+                    lease.release();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.permit.take();
+                this.lease.take();
+            }
+            _ => {}
         }
         frame
     }
@@ -285,5 +384,17 @@ impl Body for TransportBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for TransportBody {
+    fn drop(&mut self) {
+        // A body read to its end (or one with nothing to read, which a server does not
+        // poll) leaves its connection ready for the next request; any other closes it.
+        if let Some(lease) = self.lease.take()
+            && self.body.is_end_stream()
+        {
+            lease.release();
+        }
     }
 }

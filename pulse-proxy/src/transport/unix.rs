@@ -63,7 +63,7 @@ impl Service<Uri> for UnixConnector {
     }
 }
 
-/// The pooled transport over a Unix-domain socket: same pool, cap and timeouts as
+/// The pooled transport over a Unix-domain socket: same engines, cap and timeouts as
 /// [`HttpTransport`]. Give the proxy an `http://` upstream URI; its authority is only
 /// used as the `Host`.
 pub struct UnixTransport<B> {
@@ -94,7 +94,8 @@ where
     pub fn new(path: impl Into<PathBuf>, config: TransportConfig) -> Self {
         let connector = UnixConnector::new(path, config.connect_timeout);
         Self {
-            inner: HttpTransport::with_connector(connector, config),
+            inner: HttpTransport::with_connector(connector.clone(), config)
+                .with_http1_connector(connector),
         }
     }
 

@@ -1,0 +1,395 @@
+//! The HTTP/1.1 engine of [`HttpTransport`](super::HttpTransport) for `http://`
+//! upstreams: hyper's connection API with the pool kept here, and every upstream
+//! connection driven by the task that uses it.
+//!
+//! hyper-util's legacy client spawns a task per connection and hands each request to it
+//! over a channel: two task wake-ups per request, often across worker threads, plus a
+//! boxed request future of a few kilobytes. Here a request checks an idle connection
+//! out of the pool, and its [`TransportFuture`](super::TransportFuture) (then its
+//! [`TransportBody`](super::TransportBody)) polls the connection itself, so the request,
+//! the upstream's socket and the response body all move on the client's own task. The
+//! connection goes back to the pool once its response body has ended.
+//!
+//! An idle connection is not polled: a checkout polls it once (an upstream that closed
+//! it is seen there) and drops it if it is closed, not ready for a request, or idle
+//! longer than the idle timeout. A reaper task closes the expired ones in between. A
+//! `101 Switching Protocols` response hands its connection to a spawned task, which
+//! completes hyper's upgrade.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    future::{Future, poll_fn},
+    pin::Pin,
+    sync::{Arc, Mutex, Weak},
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
+
+use http::{
+    HeaderValue, Request, Response, StatusCode, Uri, Version,
+    header::HOST,
+    uri::{Authority, PathAndQuery, Scheme},
+};
+use http_body::Body;
+use hyper::{
+    body::Incoming,
+    client::conn::http1::{Builder, SendRequest},
+};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::error::{BoxError, ProxyError};
+
+/// The connection future, boxed once per connection (hyper does not name its
+/// upgradeable connection type).
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// The response future of one request, boxed once per request.
+pub(super) type Exchange =
+    Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Option<Lease>), ProxyError>> + Send>>;
+
+/// A connection checked out for one request, held by the response body until it ends.
+pub(super) type Lease = Box<dyn Leased>;
+
+/// What the response body does with its connection, whatever the request body type.
+pub(super) trait Leased: Send {
+    /// Drives the connection; `false` once it has closed.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool;
+    /// Back to the pool, if it can take another request.
+    fn release(self: Box<Self>);
+}
+
+type Key = (Scheme, Authority);
+
+/// The pool and the connector, shared by a transport's clones.
+pub(super) struct Http1Pool<B> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B> Clone for Http1Pool<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+/// Opens a connection and hands it to hyper, boxed once per connection.
+type Connect<B> = Box<
+    dyn Fn(
+            Uri,
+        )
+            -> Pin<Box<dyn Future<Output = Result<(SendRequest<B>, Driver), ProxyError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+struct Inner<B> {
+    connect: Connect<B>,
+    idle: Mutex<Idle<B>>,
+    max_idle_per_host: usize,
+    idle_timeout: Option<Duration>,
+}
+
+/// A host's idle connections, each with the time it went idle; the newest last.
+type IdleList<B> = VecDeque<(Box<Conn<B>>, Instant)>;
+
+struct Idle<B> {
+    hosts: HashMap<Key, IdleList<B>>,
+    reaper: bool,
+}
+
+/// One upstream connection: hyper's sender and the connection future it needs polled.
+struct Conn<B> {
+    send: SendRequest<B>,
+    driver: Option<Driver>,
+    key: Key,
+    pool: Weak<Inner<B>>,
+}
+
+impl<B> Conn<B> {
+    fn drive_with(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(driver) = self.driver.as_mut() else {
+            return false;
+        };
+        match driver.as_mut().poll(cx) {
+            Poll::Pending => true,
+            Poll::Ready(result) => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "upstream connection closed");
+                }
+                self.driver = None;
+                false
+            }
+        }
+    }
+
+    /// Whether it can take a request now: open and idle.
+    fn reusable(&mut self, cx: &mut Context<'_>) -> bool {
+        self.drive_with(cx) && self.send.is_ready()
+    }
+}
+
+impl<B: Send + 'static> Leased for Conn<B> {
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        self.drive_with(cx)
+    }
+
+    fn release(mut self: Box<Self>) {
+        // Lets hyper finish the exchange (it then wants the next request); the next
+        // checkout polls it with a real waker.
+        if !self.reusable(&mut Context::from_waker(Waker::noop())) {
+            return;
+        }
+        if let Some(pool) = self.pool.upgrade() {
+            pool.check_in(self);
+        }
+    }
+}
+
+impl<B> Http1Pool<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// A pool over `connector` (a hyper-util connector: plain TCP, a Unix socket).
+    pub(super) fn new<K>(
+        connector: K,
+        max_idle_per_host: usize,
+        idle_timeout: Option<Duration>,
+    ) -> Self
+    where
+        K: Service<Uri> + Clone + Send + Sync + 'static,
+        K::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        K::Future: Send,
+        K::Error: Into<BoxError>,
+    {
+        let builder = Builder::new();
+        let connect: Connect<B> = Box::new(move |uri| {
+            let call = connector.clone().call(uri);
+            let builder = builder.clone();
+            Box::pin(async move {
+                let io = call.await.map_err(|e| {
+                    let e: BoxError = e.into();
+                    tracing::debug!(error = %e, "upstream connect failed");
+                    ProxyError::classify_connect(&*e)
+                })?;
+                let (send, conn) = builder
+                    .handshake::<_, B>(io)
+                    .await
+                    .map_err(|e| ProxyError::classify(&e))?;
+                Ok((send, Box::pin(conn.with_upgrades()) as Driver))
+            })
+        });
+        Self {
+            inner: Arc::new(Inner {
+                connect,
+                idle: Mutex::new(Idle {
+                    hosts: HashMap::new(),
+                    reaper: false,
+                }),
+                max_idle_per_host,
+                idle_timeout,
+            }),
+        }
+    }
+
+    /// The exchange of one request: a pooled (or new) connection, the request written
+    /// and the response head read, all polled by the caller's task.
+    pub(super) fn send(&self, req: Request<B>) -> Exchange {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move { inner.exchange(req).await })
+    }
+}
+
+impl<B> Inner<B> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle<B>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn expired(&self, since: Instant, now: Instant) -> bool {
+        self.idle_timeout
+            .is_some_and(|t| now.saturating_duration_since(since) >= t)
+    }
+}
+
+impl<B> Inner<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    async fn exchange(
+        self: Arc<Self>,
+        mut req: Request<B>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+        let key = prepare(&mut req)?;
+        loop {
+            let (mut conn, reused) = match poll_fn(|cx| Poll::Ready(self.check_out(&key, cx))).await
+            {
+                Some(conn) => (conn, true),
+                None => (self.connect(&key).await?, false),
+            };
+            let mut response = std::pin::pin!(conn.send.try_send_request(req));
+            let result = poll_fn(|cx| {
+                if let Poll::Ready(result) = response.as_mut().poll(cx) {
+                    return Poll::Ready(result);
+                }
+                // Writes the request and reads the head; a connection that closes
+                // fails the request, which the second poll then sees.
+                conn.drive_with(cx);
+                response.as_mut().poll(cx)
+            })
+            .await;
+            match result {
+                Ok(res) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    // hyper completes the upgrade once the connection future runs on.
+                    if let Some(driver) = conn.driver.take() {
+                        tokio::spawn(driver);
+                    }
+                    return Ok((res, None));
+                }
+                Ok(res) => return Ok((res, Some(conn as Lease))),
+                Err(mut e) => match e.take_message() {
+                    // Never written: a pooled connection that closed as it was taken.
+                    Some(again) if reused => req = again,
+                    _ => {
+                        let err = e.into_error();
+                        tracing::debug!(error = %err, "upstream request failed");
+                        return Err(ProxyError::classify(&err));
+                    }
+                },
+            }
+        }
+    }
+
+    async fn connect(self: &Arc<Self>, key: &Key) -> Result<Box<Conn<B>>, ProxyError> {
+        let uri = Uri::builder()
+            .scheme(key.0.clone())
+            .authority(key.1.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|_| ProxyError::Protocol)?;
+        let (send, driver) = (self.connect)(uri).await?;
+        Ok(Box::new(Conn {
+            send,
+            driver: Some(driver),
+            key: key.clone(),
+            pool: Arc::downgrade(self),
+        }))
+    }
+
+    fn check_out(&self, key: &Key, cx: &mut Context<'_>) -> Option<Box<Conn<B>>> {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        let list = idle.hosts.get_mut(key)?;
+        while list
+            .front()
+            .is_some_and(|(_, since)| self.expired(*since, now))
+        {
+            list.pop_front();
+        }
+        // The most recently used first: warm, and the least likely to be closed.
+        while let Some((mut conn, _)) = list.pop_back() {
+            if conn.reusable(cx) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+}
+
+impl<B: Send + 'static> Inner<B> {
+    fn check_in(self: Arc<Self>, conn: Box<Conn<B>>) {
+        let mut idle = self.lock();
+        let list = idle.hosts.entry(conn.key.clone()).or_default();
+        if list.len() >= self.max_idle_per_host {
+            return;
+        }
+        list.push_back((conn, Instant::now()));
+        if !idle.reaper {
+            idle.reaper = self.start_reaper();
+        }
+    }
+
+    /// Closes expired and closed idle connections every idle timeout, while the pool
+    /// lives. `false` when there is nothing to reap or no runtime to reap on.
+    fn start_reaper(self: &Arc<Self>) -> bool {
+        let Some(period) = self.idle_timeout else {
+            return false;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let pool = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.reap(Instant::now());
+            }
+        });
+        true
+    }
+
+    fn reap(&self, now: Instant) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut idle = self.lock();
+        for list in idle.hosts.values_mut() {
+            list.retain_mut(|(conn, since)| !self.expired(*since, now) && conn.reusable(&mut cx));
+        }
+        idle.hosts.retain(|_, list| !list.is_empty());
+    }
+}
+
+/// Checks the request as hyper-util's client does for HTTP/1 (version, absolute URI),
+/// sets `Host` when it is missing and puts the target in origin form (authority form
+/// for `CONNECT`). Returns the pool key.
+fn prepare<B>(req: &mut Request<B>) -> Result<Key, ProxyError> {
+    match req.version() {
+        Version::HTTP_11 | Version::HTTP_10 => {}
+        _ => return Err(ProxyError::Protocol),
+    }
+    let (Some(scheme), Some(authority)) = (req.uri().scheme(), req.uri().authority()) else {
+        return Err(ProxyError::Protocol);
+    };
+    let key = (scheme.clone(), authority.clone());
+    let authority = &key.1;
+    if !req.headers().contains_key(HOST) {
+        let host = match authority.port_u16() {
+            Some(80) | None => HeaderValue::from_str(authority.host()),
+            Some(port) => HeaderValue::try_from(format!("{}:{port}", authority.host())),
+        }
+        .map_err(|_| ProxyError::Protocol)?;
+        req.headers_mut().insert(HOST, host);
+    }
+    let target = if req.method() == http::Method::CONNECT {
+        Uri::from(authority.clone())
+    } else {
+        match req.uri().path_and_query() {
+            Some(path) if path.as_str() != "/" => Uri::from(path.clone()),
+            _ => Uri::from(PathAndQuery::from_static("/")),
+        }
+    };
+    *req.uri_mut() = target;
+    Ok(key)
+}
+
+impl<B> fmt::Debug for Http1Pool<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Http1Pool")
+            .field("max_idle_per_host", &self.inner.max_idle_per_host)
+            .field("idle_timeout", &self.inner.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the HTTP/1 engine takes this request: a plain `http://` URI.
+pub(super) fn is_plain_http(uri: &Uri) -> bool {
+    uri.scheme() == Some(&Scheme::HTTP)
+}
