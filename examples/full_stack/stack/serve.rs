@@ -19,7 +19,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::{Layer, ServiceExt};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -306,34 +307,71 @@ fn record_error(error: &(dyn std::error::Error + 'static)) {
     }
 }
 
-/// A connection's requests in flight (an answer counts until its body has been sent).
-#[derive(Debug, Clone, Default)]
-struct Activity(Arc<watch::Sender<usize>>);
+/// A connection's requests in flight (an answer counts until its body has been sent)
+/// and when the last one ended. A request touches two atomics; only the connection's
+/// idle timer reads them, when it fires (no wake-up, no timer reset per request).
+#[derive(Debug, Clone)]
+struct Activity(Arc<ActivityState>);
+
+#[derive(Debug)]
+struct ActivityState {
+    in_flight: AtomicUsize,
+    /// When the last request ended, in microseconds after `epoch`; 0 before any began.
+    last_end: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self(Arc::new(ActivityState {
+            in_flight: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }))
+    }
+}
 
 impl Activity {
     fn start(&self) -> InFlight {
-        self.0.send_modify(|n| *n += 1);
+        self.0.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
     }
 
+    fn end(&self) {
+        let state = &*self.0;
+        let since = Instant::now().saturating_duration_since(state.epoch);
+        // At least 1: 0 means "no request yet".
+        let micros = u64::try_from(since.as_micros()).unwrap_or(u64::MAX).max(1);
+        state.last_end.fetch_max(micros, Ordering::Relaxed);
+        // After the time, so that the timer seeing none in flight sees when it ended.
+        state.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Resolves once the connection has had no request in flight for `first` (before
-    /// its first request) or `then` (after one).
+    /// its first request) or `then` (after one ended).
+    ///
+    /// The timer looks at least every `then`: a request that ends while it sleeps is
+    /// then seen no later than its own deadline.
     async fn idle(&self, first: Duration, then: Duration) {
-        let mut in_flight = self.0.subscribe();
-        let mut limit = first;
+        let state = &*self.0;
+        let start = Instant::now();
+        let mut deadline = start + first.min(then);
         loop {
-            // Cannot fail: `self` holds the sender.
-            let _ = in_flight.wait_for(|n| *n == 0).await;
-            tokio::select! {
-                () = tokio::time::sleep(limit) => return,
-                // A request began (or one ended and another began): start over.
-                changed = in_flight.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
+            tokio::time::sleep_until(deadline).await;
+            let now = Instant::now();
+            let due = if state.in_flight.load(Ordering::Acquire) > 0 {
+                // Busy (a long download, a slow upstream).
+                now + then
+            } else {
+                match state.last_end.load(Ordering::Relaxed) {
+                    0 => start + first,
+                    ended => state.epoch + Duration::from_micros(ended) + then,
                 }
+            };
+            if due <= now {
+                return;
             }
-            limit = then;
+            deadline = due.min(now + then);
         }
     }
 }
@@ -344,7 +382,7 @@ fn tracked(
     activity: Activity,
 ) -> impl tower::Service<
     axum::http::Request<hyper::body::Incoming>,
-    Response = axum::response::Response,
+    Response = axum::http::Response<TrackedBody>,
     Error = std::convert::Infallible,
     Future: Send + 'static,
 > + Clone
@@ -354,11 +392,9 @@ fn tracked(
         let in_flight = activity.start();
         async move {
             let response: axum::response::Response = answer.await?;
-            Ok(response.map(|body| {
-                Body::new(TrackedBody {
-                    inner: body,
-                    _in_flight: in_flight,
-                })
+            Ok(response.map(|body| TrackedBody {
+                inner: body,
+                _in_flight: in_flight,
             }))
         }
     })
@@ -370,7 +406,7 @@ struct InFlight(Activity);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.0.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.end();
     }
 }
 
