@@ -273,3 +273,18 @@ async fn an_http2_request_over_the_http1_engine_is_refused() {
     assert_eq!(err, pulse_proxy::ProxyError::Protocol);
     assert_eq!(up.accepted(), 0);
 }
+
+#[tokio::test]
+async fn authorities_differing_in_case_share_their_connections() {
+    let up = Upstream::start().await;
+    let transport = Transport::new(TransportConfig::new());
+    let port = up.addr.port();
+    for host in ["localhost", "LocalHost", "LOCALHOST"] {
+        let req = Request::get(format!("http://{host}:{port}/ok"))
+            .body(Full::default())
+            .unwrap();
+        let (status, _) = send(&transport, req).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(up.accepted(), 1);
+}

@@ -20,6 +20,7 @@ use std::{
     collections::{HashMap, VecDeque},
     fmt,
     future::{Future, poll_fn},
+    hash::{Hash, Hasher},
     pin::Pin,
     sync::{Arc, Mutex, Weak},
     task::{Context, Poll, Waker},
@@ -60,7 +61,29 @@ pub(super) trait Leased: Send {
     fn release(self: Box<Self>);
 }
 
-type Key = (Scheme, Authority);
+/// The pool key: the upstream's authority (the engine takes `http://` only), lowercased
+/// once, so that a lookup hashes its bytes in one call (`Authority`'s own `Hash` folds
+/// the case byte by byte).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Key(Authority);
+
+impl Key {
+    fn new(authority: &Authority) -> Result<Self, ProxyError> {
+        let text = authority.as_str();
+        if !text.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Ok(Self(authority.clone()));
+        }
+        Authority::try_from(text.to_ascii_lowercase())
+            .map(Self)
+            .map_err(|_| ProxyError::Protocol)
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.0.as_str().as_bytes());
+    }
+}
 
 /// The pool and the connector, shared by a transport's clones.
 pub(super) struct Http1Pool<B> {
@@ -270,8 +293,8 @@ where
 
     async fn connect(self: &Arc<Self>, key: &Key) -> Result<Box<Conn<B>>, ProxyError> {
         let uri = Uri::builder()
-            .scheme(key.0.clone())
-            .authority(key.1.clone())
+            .scheme(Scheme::HTTP)
+            .authority(key.0.clone())
             .path_and_query("/")
             .build()
             .map_err(|_| ProxyError::Protocol)?;
@@ -356,11 +379,14 @@ fn prepare<B>(req: &mut Request<B>) -> Result<Key, ProxyError> {
         Version::HTTP_11 | Version::HTTP_10 => {}
         _ => return Err(ProxyError::Protocol),
     }
-    let (Some(scheme), Some(authority)) = (req.uri().scheme(), req.uri().authority()) else {
+    if req.uri().scheme() != Some(&Scheme::HTTP) {
+        return Err(ProxyError::Protocol);
+    }
+    let Some(authority) = req.uri().authority() else {
         return Err(ProxyError::Protocol);
     };
-    let key = (scheme.clone(), authority.clone());
-    let authority = &key.1;
+    let key = Key::new(authority)?;
+    let authority = &key.0;
     if !req.headers().contains_key(HOST) {
         let host = match authority.port_u16() {
             Some(80) | None => HeaderValue::from_str(authority.host()),
