@@ -114,7 +114,7 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `http` | yes | [`transport::HttpTransport`], the pooled hyper-util client |
+//! | `http` | yes | [`transport::HttpTransport`]: pooled HTTP/1.1 on hyper's connection API for `http://` upstreams, hyper-util's client for HTTPS and HTTP/2 |
 //! | `unix` | no | [`transport::UnixTransport`] (unix only; implies `http`) |
 //! | `tls` | no | `HttpTransport::https`: rustls to `https://` upstreams (implies `http`) |
 //! | `retry` | no | [`retry::RetryLayer`]: budgeted retries of safe requests |

@@ -101,6 +101,11 @@ async fn serve(mut stream: TcpStream, counts: Arc<Counts>, release: Arc<Semaphor
                 r.resize(r.len() + 1_048_576, b'x');
                 r
             }
+            "/small" => {
+                let mut r = b"HTTP/1.1 200 OK\r\ncontent-length: 8192\r\n\r\n".to_vec();
+                r.resize(r.len() + 8192, b'x');
+                r
+            }
             "/empty" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
             "/close-soon" => {
                 close_after = true;
@@ -177,8 +182,9 @@ async fn bodies_that_end_early_give_their_connection_back() {
     assert_eq!(up.accepted(), 1);
 }
 
+/// Past the 64 KiB a task reads for a client that went away.
 #[tokio::test]
-async fn a_body_dropped_unread_closes_its_connection() {
+async fn a_large_body_dropped_unread_closes_its_connection() {
     let up = Upstream::start().await;
     let transport = Transport::new(TransportConfig::new());
     let res = head_only(&transport, up.request(Method::GET, "/big")).await;
@@ -287,4 +293,87 @@ async fn authorities_differing_in_case_share_their_connections() {
         assert_eq!(status, StatusCode::OK);
     }
     assert_eq!(up.accepted(), 1);
+}
+
+#[tokio::test]
+async fn a_small_body_dropped_unread_keeps_its_connection() {
+    let up = Upstream::start().await;
+    let transport = Transport::new(TransportConfig::new());
+    for _ in 0..3 {
+        let res = head_only(&transport, up.request(Method::GET, "/small")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        drop(res);
+        // A task reads the rest, then the connection is idle again.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = send(&transport, up.request(Method::GET, "/ok")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(up.accepted(), 1);
+    assert_eq!(up.closed(), 0);
+}
+
+/// The client goes away before the answer: a task waits for it (holding the in-flight
+/// permit meanwhile) and keeps the connection.
+#[tokio::test]
+async fn an_exchange_abandoned_before_its_answer_keeps_its_connection() {
+    let up = Upstream::start().await;
+    let transport = Transport::new(TransportConfig::new().with_max_in_flight(1));
+    let abandoned = {
+        let (t, req) = (transport.clone(), up.request(Method::GET, "/slow"));
+        tokio::spawn(async move { send(&t, req).await })
+    };
+    let counts = Arc::clone(&up.counts);
+    eventually("the upstream has the request", || {
+        counts.requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    // Still in flight: the cap counts it.
+    let err = transport
+        .clone()
+        .oneshot(up.request(Method::GET, "/ok"))
+        .await
+        .unwrap_err();
+    assert_eq!(err, pulse_proxy::ProxyError::PoolExhausted);
+    up.release.add_permits(1);
+    let t = transport.clone();
+    let req = || up.request(Method::GET, "/ok");
+    for _ in 0..500 {
+        match t.clone().oneshot(req()).await {
+            Ok(res) => {
+                assert_eq!(res.status(), StatusCode::OK);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    assert_eq!(up.accepted(), 1);
+    assert_eq!(up.closed(), 0);
+}
+
+/// An abandoned exchange whose answer does not come within the bound (2 s) is closed,
+/// and its permit freed.
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_exchange_is_given_up_after_its_bound() {
+    let up = Upstream::start().await;
+    let transport = Transport::new(TransportConfig::new().with_max_in_flight(1));
+    let abandoned = {
+        let (t, req) = (transport.clone(), up.request(Method::GET, "/slow"));
+        tokio::spawn(async move { send(&t, req).await })
+    };
+    let counts = Arc::clone(&up.counts);
+    eventually("the upstream has the request", || {
+        counts.requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    tokio::time::sleep(Duration::from_millis(1900)).await;
+    assert_eq!(transport.available(), 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(transport.available(), 1);
+    // The upstream, answering at last, finds the connection closed.
+    up.release.add_permits(1);
+    eventually("the connection is closed", || up.closed() == 1).await;
 }

@@ -27,7 +27,7 @@ use pulse_proxy::{
 use tower::{Layer, ServiceExt, service_fn};
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn full_pool_fails_fast_with_503_and_retry_after() {
     let h = tcp_with(|c| c, TransportConfig::new().with_max_in_flight(1)).await;
     let first = {
@@ -47,8 +47,12 @@ async fn full_pool_fails_fast_with_503_and_retry_after() {
     );
     assert_eq!(res.headers()["retry-after"], "1");
     first.abort();
-    // The aborted request's permit comes back: the next request goes through.
     let _ = first.await;
+    // A task waits (2 s at most) for the aborted request's answer, to keep its
+    // connection, and holds its permit meanwhile; then the permit comes back.
+    let res = h.send(get("/api/etl/echo").body(empty()).unwrap()).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let (status, _) = h.echo(get("/api/etl/echo").body(empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
 }

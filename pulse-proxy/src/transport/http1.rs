@@ -35,9 +35,12 @@ use http::{
 use http_body::Body;
 use hyper::{
     body::Incoming,
-    client::conn::http1::{Builder, SendRequest},
+    client::conn::{
+        TrySendError,
+        http1::{Builder, SendRequest},
+    },
 };
-use tokio::time::Instant;
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tower_service::Service;
 
 use crate::error::{BoxError, ProxyError};
@@ -47,8 +50,20 @@ use crate::error::{BoxError, ProxyError};
 type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 
 /// The response future of one request, boxed once per request.
-pub(super) type Exchange =
-    Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Option<Lease>), ProxyError>> + Send>>;
+pub(super) type Exchange = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        Response<Incoming>,
+                        Option<Lease>,
+                        Option<OwnedSemaphorePermit>,
+                    ),
+                    ProxyError,
+                >,
+            > + Send,
+    >,
+>;
 
 /// A connection checked out for one request, held by the response body until it ends.
 pub(super) type Lease = Box<dyn Leased>;
@@ -59,7 +74,22 @@ pub(super) trait Leased: Send {
     fn drive(&mut self, cx: &mut Context<'_>) -> bool;
     /// Back to the pool, if it can take another request.
     fn release(self: Box<Self>);
+    /// The response body was dropped before its end (the client went away): a task
+    /// reads the rest (bounded) so that the connection can go back to the pool. It
+    /// holds `permit`, so the in-flight cap still counts the exchange.
+    fn finish(self: Box<Self>, body: Incoming, permit: Option<OwnedSemaphorePermit>);
 }
+
+/// How long, and how many more body bytes, a task may spend finishing an exchange its
+/// client abandoned, to keep the connection; past either the connection is closed.
+const FINISH_TIME: Duration = Duration::from_secs(2);
+const FINISH_BYTES: usize = 64 * 1024;
+
+/// What hyper answers to one request: the response head, or the request back.
+type Answer<B> = Result<Response<Incoming>, TrySendError<Request<B>>>;
+
+/// A response future of hyper's, boxed so that an abandoned exchange can hand it on.
+type Pending<B> = Pin<Box<dyn Future<Output = Answer<B>> + Send>>;
 
 /// The pool key: the upstream's authority (the engine takes `http://` only), lowercased
 /// once, so that a lookup hashes its bytes in one call (`Authority`'s own `Hash` folds
@@ -160,6 +190,10 @@ impl<B: Send + 'static> Leased for Conn<B> {
         self.drive_with(cx)
     }
 
+    fn finish(self: Box<Self>, body: Incoming, permit: Option<OwnedSemaphorePermit>) {
+        spawn_finish(self, None, Some(body), permit);
+    }
+
     fn release(mut self: Box<Self>) {
         // Lets hyper finish the exchange (it then wants the next request); the next
         // checkout polls it with a real waker.
@@ -222,9 +256,9 @@ where
 
     /// The exchange of one request: a pooled (or new) connection, the request written
     /// and the response head read, all polled by the caller's task.
-    pub(super) fn send(&self, req: Request<B>) -> Exchange {
+    pub(super) fn send(&self, req: Request<B>, permit: OwnedSemaphorePermit) -> Exchange {
         let inner = Arc::clone(&self.inner);
-        Box::pin(async move { inner.exchange(req).await })
+        Box::pin(async move { inner.exchange(req, permit).await })
     }
 }
 
@@ -250,34 +284,43 @@ where
     async fn exchange(
         self: Arc<Self>,
         mut req: Request<B>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+        permit: OwnedSemaphorePermit,
+    ) -> Result<
+        (
+            Response<Incoming>,
+            Option<Lease>,
+            Option<OwnedSemaphorePermit>,
+        ),
+        ProxyError,
+    > {
         let key = prepare(&mut req)?;
+        let mut permit = Some(permit);
         loop {
             let (mut conn, reused) = match poll_fn(|cx| Poll::Ready(self.check_out(&key, cx))).await
             {
                 Some(conn) => (conn, true),
                 None => (self.connect(&key).await?, false),
             };
-            let mut response = std::pin::pin!(conn.send.try_send_request(req));
-            let result = poll_fn(|cx| {
-                if let Poll::Ready(result) = response.as_mut().poll(cx) {
-                    return Poll::Ready(result);
-                }
-                // Writes the request and reads the head; a connection that closes
-                // fails the request, which the second poll then sees.
-                conn.drive_with(cx);
-                response.as_mut().poll(cx)
-            })
-            .await;
+            let response: Pending<B> = Box::pin(conn.send.try_send_request(req));
+            let mut flight = InFlight {
+                exchange: Some((conn, response)),
+                permit: permit.take(),
+            };
+            let result = poll_fn(|cx| flight.poll(cx)).await;
+            let (conn, held) = flight.into_parts();
+            permit = held;
+            let (Some(mut conn), Some(result)) = (conn, result) else {
+                return Err(ProxyError::Protocol);
+            };
             match result {
                 Ok(res) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
                     // hyper completes the upgrade once the connection future runs on.
                     if let Some(driver) = conn.driver.take() {
                         tokio::spawn(driver);
                     }
-                    return Ok((res, None));
+                    return Ok((res, None, permit));
                 }
-                Ok(res) => return Ok((res, Some(conn as Lease))),
+                Ok(res) => return Ok((res, Some(conn as Lease), permit)),
                 Err(mut e) => match e.take_message() {
                     // Never written: a pooled connection that closed as it was taken.
                     Some(again) if reused => req = again,
@@ -369,6 +412,108 @@ impl<B: Send + 'static> Inner<B> {
         }
         idle.hosts.retain(|_, list| !list.is_empty());
     }
+}
+
+/// An exchange between its request and its response head. Dropped before the head
+/// (the client went away), it hands the connection, hyper's response future and the
+/// in-flight permit to a task that finishes the exchange: dropping hyper's response
+/// future would make hyper close the connection.
+struct InFlight<B: Send + 'static> {
+    exchange: Option<(Box<Conn<B>>, Pending<B>)>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<B: Send + 'static> InFlight<B> {
+    /// `None` once the exchange has been taken apart (never polled then).
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Answer<B>>> {
+        match self.exchange.as_mut() {
+            Some((conn, response)) => poll_exchange(conn, response, cx).map(Some),
+            None => Poll::Ready(None),
+        }
+    }
+
+    /// The connection and the permit, once the response head is in.
+    fn into_parts(mut self) -> (Option<Box<Conn<B>>>, Option<OwnedSemaphorePermit>) {
+        let conn = self.exchange.take().map(|(conn, _)| conn);
+        (conn, self.permit.take())
+    }
+}
+
+impl<B: Send + 'static> Drop for InFlight<B> {
+    fn drop(&mut self) {
+        if let Some((conn, response)) = self.exchange.take() {
+            spawn_finish(conn, Some(response), None, self.permit.take());
+        }
+    }
+}
+
+fn poll_exchange<B>(
+    conn: &mut Conn<B>,
+    response: &mut Pending<B>,
+    cx: &mut Context<'_>,
+) -> Poll<Answer<B>> {
+    if let Poll::Ready(result) = response.as_mut().poll(cx) {
+        return Poll::Ready(result);
+    }
+    // Writes the request and reads the head; a connection that closes fails the
+    // request, which the second poll then sees.
+    conn.drive_with(cx);
+    response.as_mut().poll(cx)
+}
+
+/// Finishes an abandoned exchange on a task of its own (the response head if it has
+/// not come yet, then the body) within [`FINISH_TIME`] and [`FINISH_BYTES`], and puts
+/// the connection back; otherwise, or with no runtime, the connection is closed.
+fn spawn_finish<B: Send + 'static>(
+    mut conn: Box<Conn<B>>,
+    response: Option<Pending<B>>,
+    body: Option<Incoming>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let finish = async move {
+            let mut body = match (response, body) {
+                (Some(mut response), _) => {
+                    match poll_fn(|cx| poll_exchange(&mut conn, &mut response, cx)).await {
+                        Ok(res) if res.status() != StatusCode::SWITCHING_PROTOCOLS => {
+                            res.into_body()
+                        }
+                        _ => return,
+                    }
+                }
+                (None, Some(body)) => body,
+                (None, None) => return,
+            };
+            let mut read = 0;
+            loop {
+                let frame = poll_fn(|cx| {
+                    if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
+                        return Poll::Ready(frame);
+                    }
+                    conn.drive_with(cx);
+                    Pin::new(&mut body).poll_frame(cx)
+                })
+                .await;
+                match frame {
+                    None => break,
+                    Some(Ok(frame)) => {
+                        read += frame.data_ref().map_or(0, bytes::Buf::remaining);
+                        if read > FINISH_BYTES {
+                            return;
+                        }
+                    }
+                    Some(Err(_)) => return,
+                }
+            }
+            drop(body);
+            conn.release();
+        };
+        let _ = tokio::time::timeout(FINISH_TIME, finish).await;
+        drop(permit);
+    });
 }
 
 /// Checks the request as hyper-util's client does for HTTP/1 (version, absolute URI),

@@ -232,13 +232,17 @@ where
         };
         // Set by the proxy for a streamed client body.
         let body_watch = req.extensions().get::<BodyWatch>().cloned();
-        let inner = match &self.http1 {
-            Some(pool) if http1::is_plain_http(req.uri()) => Engine::Http1(pool.send(req)),
-            _ => Engine::Client(self.client.request(req)),
+        let (inner, permit) = match &self.http1 {
+            // The exchange holds the permit: also while a task finishes it for a client
+            // that went away.
+            Some(pool) if http1::is_plain_http(req.uri()) => {
+                (Engine::Http1(pool.send(req, permit)), None)
+            }
+            _ => (Engine::Client(self.client.request(req)), Some(permit)),
         };
         TransportFuture {
             inner,
-            permit: Some(permit),
+            permit,
             body_watch,
         }
     }
@@ -292,7 +296,10 @@ impl Future for TransportFuture {
             }
             Engine::Http1(exchange) => match exchange.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok((res, lease))) => (res, lease),
+                Poll::Ready(Ok((res, lease, permit))) => {
+                    self.permit = permit;
+                    (res, lease)
+                }
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(self.fault(err))),
             },
             Engine::Client(inner) => match Pin::new(inner).poll(cx) {
@@ -307,7 +314,7 @@ impl Future for TransportFuture {
         };
         let permit = self.permit.take();
         Poll::Ready(Ok(res.map(|body| TransportBody {
-            body,
+            body: Some(body),
             permit,
             lease,
         })))
@@ -318,7 +325,8 @@ impl Future for TransportFuture {
 /// ends or is dropped, and (HTTP/1 engine) drives its upstream connection, which goes
 /// back to the pool at the end of the body.
 pub struct TransportBody {
-    body: Incoming,
+    /// Always there until the body is dropped.
+    body: Option<Incoming>,
     permit: Option<OwnedSemaphorePermit>,
     lease: Option<Lease>,
 }
@@ -334,7 +342,10 @@ impl TransportBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = Pin::new(&mut *body).poll_frame(cx);
         if frame.is_ready() {
             return frame;
         }
@@ -345,7 +356,7 @@ impl TransportBody {
                 if !lease.drive(cx) {
                     self.lease = None;
                 }
-                Pin::new(&mut self.body).poll_frame(cx)
+                Pin::new(body).poll_frame(cx)
             }
             None => Poll::Pending,
         }
@@ -379,22 +390,27 @@ impl Body for TransportBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
 impl Drop for TransportBody {
     fn drop(&mut self) {
         // A body read to its end (or one with nothing to read, which a server does not
-        // poll) leaves its connection ready for the next request; any other closes it.
-        if let Some(lease) = self.lease.take()
-            && self.body.is_end_stream()
-        {
-            lease.release();
+        // poll) leaves its connection ready for the next request; the rest of another
+        // is read by a task (bounded) so that its connection can be kept.
+        if let (Some(lease), Some(body)) = (self.lease.take(), self.body.take()) {
+            if body.is_end_stream() {
+                lease.release();
+            } else {
+                lease.finish(body, self.permit.take());
+            }
         }
     }
 }
