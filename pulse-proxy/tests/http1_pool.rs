@@ -312,12 +312,8 @@ async fn a_small_body_dropped_unread_keeps_its_connection() {
     assert_eq!(up.closed(), 0);
 }
 
-/// The client goes away before the answer: a task waits for it (holding the in-flight
-/// permit meanwhile) and keeps the connection.
-#[tokio::test]
-async fn an_exchange_abandoned_before_its_answer_keeps_its_connection() {
-    let up = Upstream::start().await;
-    let transport = Transport::new(TransportConfig::new().with_max_in_flight(1));
+/// Sends `/slow` and goes away once the upstream has it, before the answer.
+async fn abandon_slow_request(up: &Upstream, transport: &Transport) {
     let abandoned = {
         let (t, req) = (transport.clone(), up.request(Method::GET, "/slow"));
         tokio::spawn(async move { send(&t, req).await })
@@ -329,6 +325,15 @@ async fn an_exchange_abandoned_before_its_answer_keeps_its_connection() {
     .await;
     abandoned.abort();
     let _ = abandoned.await;
+}
+
+/// The client goes away before the answer: a task waits for it (holding the in-flight
+/// permit meanwhile) and keeps the connection.
+#[tokio::test]
+async fn an_exchange_abandoned_before_its_answer_keeps_its_connection() {
+    let up = Upstream::start().await;
+    let transport = Transport::new(TransportConfig::new().with_max_in_flight(1));
+    abandon_slow_request(&up, &transport).await;
     // Still in flight: the cap counts it.
     let err = transport
         .clone()
@@ -358,17 +363,7 @@ async fn an_exchange_abandoned_before_its_answer_keeps_its_connection() {
 async fn an_abandoned_exchange_is_given_up_after_its_bound() {
     let up = Upstream::start().await;
     let transport = Transport::new(TransportConfig::new().with_max_in_flight(1));
-    let abandoned = {
-        let (t, req) = (transport.clone(), up.request(Method::GET, "/slow"));
-        tokio::spawn(async move { send(&t, req).await })
-    };
-    let counts = Arc::clone(&up.counts);
-    eventually("the upstream has the request", || {
-        counts.requests.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    abandoned.abort();
-    let _ = abandoned.await;
+    abandon_slow_request(&up, &transport).await;
     tokio::time::sleep(Duration::from_millis(1900)).await;
     assert_eq!(transport.available(), 0);
     tokio::time::sleep(Duration::from_millis(200)).await;

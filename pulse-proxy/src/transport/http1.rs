@@ -14,7 +14,10 @@
 //! it is seen there) and drops it if it is closed, not ready for a request, or idle
 //! longer than the idle timeout. A reaper task closes the expired ones in between. A
 //! `101 Switching Protocols` response hands its connection to a spawned task, which
-//! completes hyper's upgrade.
+//! completes hyper's upgrade. An exchange whose client goes away (the future or the
+//! body dropped early) is finished by a task within [`FINISH_TIME`] and
+//! [`FINISH_BYTES`], with its in-flight permit, so that the connection is kept: hyper
+//! closes a connection whose response future or body is dropped.
 
 use std::{
     collections::{HashMap, VecDeque},

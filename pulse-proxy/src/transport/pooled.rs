@@ -323,7 +323,8 @@ impl Future for TransportFuture {
 
 /// A pooled transport's response body. It holds the in-flight permit until the body
 /// ends or is dropped, and (HTTP/1 engine) drives its upstream connection, which goes
-/// back to the pool at the end of the body.
+/// back to the pool at the end of the body. Dropped before its end, it leaves the rest
+/// (at most 64 KiB, 2 s) to a task that then puts the connection back, permit held.
 pub struct TransportBody {
     /// Always there until the body is dropped.
     body: Option<Incoming>,
