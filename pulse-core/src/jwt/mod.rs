@@ -80,6 +80,7 @@
 
 use std::time::Duration;
 
+mod bearer;
 mod cache;
 mod claims;
 mod error;
@@ -94,6 +95,7 @@ mod revocation;
 mod service;
 mod verifier;
 
+pub use bearer::bearer_token;
 pub use cache::VerifiedTokenCache;
 pub use claims::{Audience, Claims};
 pub use error::{IssueError, KeyError, TokenError};
@@ -111,7 +113,7 @@ pub use key_set::{KeyRefresh, KeySet, KeySource};
 pub use layer::JwtAuthLayer;
 pub use revocation::{Revoked, TokenRevocation};
 pub use service::JwtAuth;
-pub use verifier::{JwtVerifier, TOKEN_REVOKED, bearer_token};
+pub use verifier::{JwtVerifier, TOKEN_REVOKED};
 
 /// The shortest HMAC secret accepted: 32 bytes (256 bits, the size of HS256's hash).
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;
