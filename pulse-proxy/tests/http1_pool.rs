@@ -228,9 +228,10 @@ async fn idle_connections_above_the_cap_are_closed() {
         let counts = Arc::clone(&up.counts);
         async move {
             let before = counts.requests.load(Ordering::SeqCst);
-            while counts.requests.load(Ordering::SeqCst) < before + n {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            eventually("the upstream has every request", || {
+                counts.requests.load(Ordering::SeqCst) >= before + n
+            })
+            .await;
             release.add_permits(n);
             for call in calls {
                 assert_eq!(call.await.unwrap(), StatusCode::OK);
