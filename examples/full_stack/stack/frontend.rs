@@ -25,7 +25,7 @@ use tracing::Level;
 
 use super::config::{Options, Secrets};
 use super::serve::{Running, serve};
-use super::upstream::UpstreamPool;
+use super::upstream::{self, UpstreamPool};
 
 /// The Content-Security-Policy of every answer.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -220,20 +220,10 @@ async fn health(gateways: GatewayPool) -> Response {
         }
     });
     let answers = futures_util::future::join_all(probes).await;
-    let listed: Vec<serde_json::Value> = gateways
-        .status()
-        .into_iter()
-        .zip(&answers)
-        .map(|(instance, answer)| {
-            let up = answer.as_ref().is_some_and(|a| a.0 == StatusCode::OK);
-            serde_json::json!({
-                "url": instance.name,
-                "status": if up { "healthy" } else { "unhealthy" },
-                "circuit": instance.circuit.to_string(),
-                "ejected": instance.ejected_for.is_some(),
-            })
-        })
-        .collect();
+    let up = answers
+        .iter()
+        .map(|answer| answer.as_ref().is_some_and(|a| a.0 == StatusCode::OK));
+    let listed = upstream::health_instances(&gateways, up);
     let chosen = answers
         .iter()
         .flatten()
@@ -258,19 +248,7 @@ async fn health(gateways: GatewayPool) -> Response {
         body["instances"] = serde_json::json!({});
     }
     body["instances"]["backend"] = serde_json::Value::from(listed);
-    let mut response = (
-        status,
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body.to_string(),
-    )
-        .into_response();
-    if let Some(value) = retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
-    response
+    upstream::health_response(status, &body, retry_after)
 }
 
 /// The connection's peer (axum's `ConnectInfo`, set by the server) as the proxy's

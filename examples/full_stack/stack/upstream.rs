@@ -51,6 +51,51 @@ pub fn base_url(uri: &Uri) -> String {
     uri.to_string().trim_end_matches('/').to_owned()
 }
 
+/// The `instances` list of a `/health` answer: every instance of `pool` with whether it
+/// answered its probe (`up`, in the pool's order), its circuit and whether it is
+/// ejected.
+pub fn health_instances<B, RB>(
+    pool: &UpstreamPool<B, RB>,
+    up: impl IntoIterator<Item = bool>,
+) -> Vec<serde_json::Value> {
+    pool.status()
+        .into_iter()
+        .zip(up)
+        .map(|(instance, up)| {
+            serde_json::json!({
+                "url": instance.name,
+                "status": if up { "healthy" } else { "unhealthy" },
+                "circuit": instance.circuit.to_string(),
+                "ejected": instance.ejected_for.is_some(),
+            })
+        })
+        .collect()
+}
+
+/// A `/health` answer: `body` as JSON, never cached, with `Retry-After` when given.
+pub fn health_response(
+    status: http::StatusCode,
+    body: &serde_json::Value,
+    retry_after: Option<http::HeaderValue>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use http::header;
+
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(value) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
 /// A pool builder whose events are counted in Prometheus metrics labelled with
 /// `upstream` (`etl`, `backend`).
 pub fn builder<B, RB>(upstream: &'static str) -> PoolBuilder<InstanceService<B, RB>> {

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use pulse_core::health::{Health, HealthAggregator, check_fn};
 use pulse_etl::client::EtlClient;
 
+use super::super::upstream::{health_instances, health_response};
 use super::{EtlTransport, Gateway, etl_transport, retry_after, retry_after_value};
 
 /// `GET /health` of every ETL instance, at once.
@@ -107,36 +108,10 @@ pub(super) async fn health(State(gateway): State<Gateway>) -> Response {
     let mut body: serde_json::Value =
         serde_json::from_slice(&report.to_json()).unwrap_or_else(|_| serde_json::json!({}));
     // Every ETL instance: whether it answered, its circuit, whether it is ejected.
-    let instances: Vec<serde_json::Value> = gateway
-        .etl
-        .status()
-        .into_iter()
-        .zip(answers)
-        .map(|(instance, answer)| {
-            let up = answer.as_ref().is_some_and(answered);
-            serde_json::json!({
-                "url": instance.name,
-                "status": if up { "healthy" } else { "unhealthy" },
-                "circuit": instance.circuit.to_string(),
-                "ejected": instance.ejected_for.is_some(),
-            })
-        })
-        .collect();
-    body["instances"] = serde_json::json!({ "etl": instances });
-    let mut response = (
-        status,
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body.to_string(),
-    )
-        .into_response();
-    if !healthy {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            retry_after_value(retry_after(&gateway.etl)),
-        );
-    }
-    response
+    let up = answers
+        .iter()
+        .map(|answer| answer.as_ref().is_some_and(answered));
+    body["instances"] = serde_json::json!({ "etl": health_instances(&gateway.etl, up) });
+    let retry_after = (!healthy).then(|| retry_after_value(retry_after(&gateway.etl)));
+    health_response(status, &body, retry_after)
 }
