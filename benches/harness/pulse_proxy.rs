@@ -17,6 +17,10 @@ use pulse_proxy::transport::{HttpTransport, TransportConfig};
 use pulse_proxy::{Proxy, ProxyConfig};
 use tower::ServiceExt;
 
+/// The allocator the full stack ships with (see examples/full_stack/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::io::Result<()> {
     let addr = common::addr("127.0.0.1:9200");
     let upstream = common::arg("--upstream").unwrap_or_else(|| "127.0.0.1:9000".into());

@@ -13,6 +13,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc: fewer instructions per allocation and free than glibc's allocator, and a
+/// request through the gateway makes about 60 of each.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = stack::config::Cli::parse();
     let done = tokio::runtime::Builder::new_multi_thread()
