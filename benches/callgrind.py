@@ -13,7 +13,10 @@ off and prints the totals divided by N.
 
 With `--out`, callgrind's file is kept for `callgrind_annotate --inclusive=yes`.
 With `--tool dhat`, allocations per request are printed instead (over the whole run,
-warm-up included, divided by the number of requests).
+warm-up included, divided by the number of requests). DHAT sees only malloc: build the
+binaries on the system allocator for it,
+`RUSTFLAGS="--cfg pulse_system_alloc" cargo build --release --example full_stack ...`
+(they ship with mimalloc).
 """
 
 import argparse
@@ -140,7 +143,7 @@ def main():
         count = sum(pp["tbk"] for pp in dhat["pps"])
         n = args.requests + args.warmup
         print(f"{args.target}: {count / n:.1f} allocations, {blocks / n:,.0f} bytes per "
-              f"request over the run ({n} requests; {out})")
+              f"request over the whole run, start-up and login included ({n} requests; {out})")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ use pulse_proxy::{Proxy, ProxyConfig};
 use tower::ServiceExt;
 
 /// The allocator the full stack ships with (see examples/full_stack/main.rs).
+#[cfg(not(pulse_system_alloc))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

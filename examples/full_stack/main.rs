@@ -15,6 +15,7 @@ use clap::Parser;
 
 /// mimalloc: fewer instructions per allocation and free than glibc's allocator, and a
 /// request through the gateway makes about 60 of each.
+#[cfg(not(pulse_system_alloc))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -95,10 +95,19 @@ type Answer<B> = Result<Response<Incoming>, TrySendError<Request<B>>>;
 type Pending<B> = Pin<Box<dyn Future<Output = Answer<B>> + Send>>;
 
 /// The pool key: the upstream's authority (the engine takes `http://` only), lowercased
-/// once, so that a lookup hashes its bytes in one call (`Authority`'s own `Hash` folds
-/// the case byte by byte).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// once, so that a lookup hashes its bytes in one call and compares them with one
+/// `memcmp` (`Authority`'s own `Hash` and `Eq` fold the case byte by byte).
+#[derive(Clone, Debug)]
 struct Key(Authority);
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        // Both sides are lowercase: bytewise equality is `Authority`'s equality.
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for Key {}
 
 impl Key {
     fn new(authority: &Authority) -> Result<Self, ProxyError> {
