@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gateway import free_port, wait_port  # noqa: E402
@@ -57,7 +58,6 @@ def request(sock, path, headers):
 
 def login(port):
     body = json.dumps({"email": "admin@pulse.local", "password": "admin"}).encode()
-    import urllib.request
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/auth/login", data=body,
                                  headers={"content-type": "application/json"})
     for _ in range(100):
