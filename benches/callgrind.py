@@ -13,7 +13,7 @@ off and prints the totals divided by N.
 
 With `--out`, callgrind's file is kept for `callgrind_annotate --inclusive=yes`.
 With `--tool dhat`, allocations per request are printed instead (over the whole run,
-warm-up included, divided by the number of requests). DHAT sees only malloc: build the
+start-up, login and warm-up included, divided by the number of requests sent). DHAT sees only malloc: build the
 binaries on the system allocator for it,
 `RUSTFLAGS="--cfg pulse_system_alloc" cargo build --release --example full_stack ...`
 (they ship with mimalloc).
@@ -34,16 +34,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gateway import free_port, wait_port  # noqa: E402
 
 
+def receive(sock):
+    """The next bytes of an answer; a connection closed mid-answer is an error, not a
+    loop that never ends."""
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise RuntimeError("connection closed mid-answer")
+    return chunk
+
+
 def request(sock, path, headers):
     head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     sock.sendall((head + "\r\n").encode())
     data = b""
     while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise RuntimeError("connection closed")
-        data += chunk
+        data += receive(sock)
     head, _, rest = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     length = 0
@@ -52,7 +58,7 @@ def request(sock, path, headers):
         if name.strip().lower() == b"content-length":
             length = int(value.strip())
     while len(rest) < length:
-        rest += sock.recv(65536)
+        rest += receive(sock)
     if status != 200:
         raise RuntimeError(f"status {status}: {rest[:200]!r}")
 
@@ -100,11 +106,11 @@ def main():
         cmd = [f"{b}/full_stack", "--backend-addr", f"127.0.0.1:{port}",
                "--etl-url", f"http://127.0.0.1:{up_port}", "--data-dir", tmp,
                "--log-format", "json", "backend"]
-        path = "/api/etl/jobs"
     else:
         cmd = [f"{b}/bench_pulse_proxy", "--addr", f"127.0.0.1:{port}",
                "--upstream", f"127.0.0.1:{up_port}"]
-        path = "/api/etl/jobs"
+    # Both rewrite /api/etl/ to the upstream's /api/v1/.
+    path = "/api/etl/jobs"
     log = open(os.path.join(tmp, "server.log"), "ab")
     proc = subprocess.Popen(valgrind + cmd, stdout=log, stderr=log, env=env)
     try:
